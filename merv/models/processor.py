@@ -1,0 +1,178 @@
+"""Turns raw samples (video + conversation) into model tensors; shared by training, evaluation and chat.
+
+The processor holds no weights, so DataLoader workers get a cheap pickled copy and do all decoding,
+resizing and tokenisation there. `VideoLM.prepare_batch` and the training datasets both go through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from merv.data.video import gather_frames, read_frames
+from merv.models.encoders.base import FrameSpec
+from merv.models.prompting import GPT, HUMAN, VIDEO_TOKEN, PromptFormat, Segment, normalize_role
+
+IGNORE_INDEX = -100
+
+
+class VideoLMProcessor:
+    """Frames → per-encoder pixels, conversations → token ids with labels and a video mask, items → batches.
+
+    Visual positions: each sample with a video gets `num_visual_tokens` placeholder positions at its
+    `<video>` tag (or right after BOS when the text has none); `video_mask` marks them and the model
+    writes the fused visual embeddings there.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer with pad and eos tokens.
+        prompt_format: how turns become text.
+        frame_specs: one per encoder, in the model's encoder order.
+        num_visual_tokens: fused visual sequence length L_v.
+        max_length: sequences longer than this are cut at the end (never inside the visual tokens).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        prompt_format: PromptFormat,
+        frame_specs: Sequence[FrameSpec],
+        num_visual_tokens: int,
+        max_length: int = 2048,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_format = prompt_format
+        self.frame_specs = list(frame_specs)
+        self.num_visual_tokens = num_visual_tokens
+        self.max_length = max_length
+
+    @property
+    def frame_counts(self) -> list[int]:
+        return [s.num_frames for s in self.frame_specs]
+
+    # ---- video ---------------------------------------------------------------------------------
+
+    def load_frames(
+        self, video: str | torch.Tensor | np.ndarray, start: float | None = None, end: float | None = None
+    ) -> list[torch.Tensor]:
+        """One decode (or one in-memory gather) serving every encoder: `(T_e, H, W, 3)` uint8 each."""
+        if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
+            return read_frames(video, self.frame_counts, start=start, end=end)
+        frames = torch.as_tensor(video)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        return gather_frames(frames, self.frame_counts)
+
+    def pixels(self, frames_per_encoder: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Resize and normalise each encoder's frames: `(T_e, 3, S_e, S_e)` float32 each."""
+        if len(frames_per_encoder) != len(self.frame_specs):
+            raise ValueError(f"got frames for {len(frames_per_encoder)} encoders, the model has {len(self.frame_specs)}")
+        return [spec.transform(f) for spec, f in zip(self.frame_specs, frames_per_encoder)]
+
+    def preprocess(self, video, start: float | None = None, end: float | None = None) -> list[torch.Tensor]:
+        """Video file or `(T, H, W, 3)` uint8 frames → one `(T_e, 3, S_e, S_e)` tensor per encoder."""
+        return self.pixels(self.load_frames(video, start, end))
+
+    # ---- text ----------------------------------------------------------------------------------
+
+    def _tokenize_segments(self, segments: list[Segment], has_video: bool) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        ids: list[int] = []
+        labels: list[int] = []
+        video: list[bool] = []
+
+        def add(token_ids: list[int], target: bool, is_video: bool = False) -> None:
+            ids.extend(token_ids)
+            labels.extend(token_ids if target else [IGNORE_INDEX] * len(token_ids))
+            video.extend([is_video] * len(token_ids))
+
+        placeholder = [tok.pad_token_id] * self.num_visual_tokens
+        if self.prompt_format.adds_bos and tok.bos_token_id is not None:
+            add([tok.bos_token_id], target=False)
+        tagged = any(VIDEO_TOKEN in s.text for s in segments)
+        if has_video and not tagged:
+            add(placeholder, target=False, is_video=True)
+        for seg in segments:
+            pieces = seg.text.split(VIDEO_TOKEN)
+            for i, piece in enumerate(pieces):
+                if i > 0 and has_video:
+                    add(placeholder, target=False, is_video=True)
+                if piece:
+                    add(tok(piece, add_special_tokens=False)["input_ids"], seg.target)
+        if sum(video) > (self.num_visual_tokens if has_video else 0):
+            raise ValueError(f"a conversation may hold one {VIDEO_TOKEN} tag")
+        if len(ids) > self.max_length:
+            if any(video[self.max_length :]):
+                raise ValueError(f"sequence of {len(ids)} tokens cannot be cut to max_length={self.max_length}")
+            ids, labels, video = ids[: self.max_length], labels[: self.max_length], video[: self.max_length]
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "video_mask": torch.tensor(video, dtype=torch.bool),
+        }
+
+    def encode(self, conversations: Sequence[dict[str, str]], has_video: bool) -> dict[str, torch.Tensor]:
+        """LLaVA-style turns (`{"from": "human"|"gpt", "value": ...}`) → `input_ids`, `labels`, `video_mask`.
+
+        Labels are -100 everywhere except the assistant answers and their end-of-turn token.
+        """
+        turns = []
+        for i, turn in enumerate(conversations):
+            try:
+                turns.append((normalize_role(turn["from"]), turn["value"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"conversation turn {i}: {e}") from None
+        if not turns or turns[-1][0] != GPT:
+            raise ValueError("a training conversation must end with a gpt turn")
+        return self._tokenize_segments(self.prompt_format.segments(turns), has_video)
+
+    def encode_prompt(self, prompt_text: str, has_video: bool = True) -> dict[str, torch.Tensor]:
+        """Already-rendered prompt text (from `PromptBuilder.get_prompt()`) → ids and video mask."""
+        return self._tokenize_segments([Segment(prompt_text, target=False)], has_video)
+
+    def encode_turns(self, turns: Sequence[tuple[str, str]], has_video: bool = True) -> dict[str, torch.Tensor]:
+        """`(role, message)` turns ending with a human turn → a generation prompt."""
+        return self._tokenize_segments(self.prompt_format.segments(list(turns), add_generation_prompt=True), has_video)
+
+    # ---- batching ------------------------------------------------------------------------------
+
+    def item(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """A sample dict (`video` path/frames or None, `conversations`, optional `start`/`end`) → an item."""
+        video = sample.get("video")
+        item = self.encode(sample["conversations"], has_video=video is not None)
+        item["pixel_values"] = None if video is None else self.preprocess(video, sample.get("start"), sample.get("end"))
+        return item
+
+    def collate(self, items: Sequence[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
+        """Pad items to the longest sequence; stack pixels of the samples that have a video.
+
+        `pixel_values` is a list with one `(B_v, T_e, 3, S_e, S_e)` tensor per encoder, B_v being the
+        number of samples with a video, in batch order (None when no sample has one).
+        """
+        if not items:
+            raise ValueError("cannot collate an empty list of items")
+        length = max(len(it["input_ids"]) for it in items)
+        pad_id = self.tokenizer.pad_token_id
+
+        def pad(t: torch.Tensor, value) -> torch.Tensor:
+            fill = t.new_full((length - len(t),), value)
+            return torch.cat([t, fill] if padding_side == "right" else [fill, t])
+
+        batch: dict[str, Any] = {
+            "input_ids": torch.stack([pad(it["input_ids"], pad_id) for it in items]),
+            "attention_mask": torch.stack([pad(torch.ones_like(it["input_ids"]), 0) for it in items]),
+            "video_mask": torch.stack([pad(it["video_mask"], False) for it in items]),
+        }
+        if all("labels" in it for it in items):
+            batch["labels"] = torch.stack([pad(it["labels"], IGNORE_INDEX) for it in items])
+        with_video = [it["pixel_values"] for it in items if it.get("pixel_values") is not None]
+        batch["pixel_values"] = [torch.stack(px) for px in zip(*with_video)] if with_video else None
+        return batch
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return self.collate([self.item(s) for s in samples])
+
+
+__all__ = ["IGNORE_INDEX", "VideoLMProcessor", "HUMAN", "GPT"]

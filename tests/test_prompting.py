@@ -1,0 +1,129 @@
+"""Prompt formats and label masking: built-in builders, chat templates, placeholder positions."""
+
+import pytest
+import torch
+
+from merv.models import VideoLM, VideoLMConfig, build_tiny_tokenizer
+from merv.models.encoders.base import FrameSpec
+from merv.models.processor import IGNORE_INDEX, VideoLMProcessor
+from merv.models.prompting import PromptBuilder, PromptFormat
+
+# Chat templates render with trim_blocks, so the newline after `{% endif %}` disappears.
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if m['role'] == 'assistant' %}</s>{% endif %}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CONV = [
+    {"from": "human", "value": "<video>\nWhat colour?"},
+    {"from": "gpt", "value": "red"},
+    {"from": "human", "value": "Which way?"},
+    {"from": "gpt", "value": "left"},
+]
+
+
+def processor(tokenizer, fmt: str, visual: int = 3) -> VideoLMProcessor:
+    spec = FrameSpec(2, 8, (0.5,) * 3, (0.5,) * 3)
+    return VideoLMProcessor(tokenizer, PromptFormat(fmt, tokenizer.eos_token, tokenizer), [spec], visual)
+
+
+def targets(proc, item) -> list[str]:
+    """Decode each contiguous run of labelled tokens."""
+    runs, current = [], []
+    for tok, lab in zip(item["input_ids"].tolist(), item["labels"].tolist()):
+        if lab != IGNORE_INDEX:
+            current.append(tok)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [proc.tokenizer.decode(r) for r in runs]
+
+
+@pytest.mark.parametrize("fmt", ["merv", "vicuna", "llama2"])
+def test_builtin_formats_label_every_answer_with_its_eos(fmt):
+    tok = build_tiny_tokenizer()
+    proc = processor(tok, fmt)
+    item = proc.encode(CONV, has_video=True)
+    assert targets(proc, item) == ["red</s>", "left</s>"]
+    assert item["input_ids"][0] == tok.bos_token_id
+    assert int(item["video_mask"].sum()) == 3
+
+
+def test_merv_format_text_and_builder_match_training_prefix():
+    tok = build_tiny_tokenizer()
+    fmt = PromptFormat("merv", tok.eos_token)
+    builder = PromptBuilder(fmt)
+    builder.add_turn(role="human", message="What colour?")
+    assert builder.get_prompt() == "In: What colour?\nOut: "
+    builder.add_turn(role="gpt", message="red")
+    builder.add_turn(role="human", message="Which way?")
+    assert builder.get_prompt() == "In: What colour?\nOut: red</s>\nIn: Which way?\nOut: "
+
+
+def test_chat_template_is_used_when_the_tokenizer_has_one():
+    tok = build_tiny_tokenizer()
+    tok.chat_template = TEMPLATE
+    proc = processor(tok, "chat_template")
+    item = proc.encode(CONV, has_video=True)
+    assert targets(proc, item) == ["red</s>", "left</s>"]
+    builder = PromptBuilder(proc.prompt_format)
+    builder.add_turn("human", "hello")
+    assert builder.get_prompt() == "<|user|>hello<|assistant|>"
+
+
+def test_auto_format_picks_chat_template_or_merv():
+    model = VideoLM(VideoLMConfig.tiny())
+    assert model.processor.prompt_format.name == "merv"
+    tok = build_tiny_tokenizer()
+    tok.chat_template = TEMPLATE
+    model = VideoLM(VideoLMConfig.tiny(), tokenizer=tok)
+    assert model.processor.prompt_format.name == "chat_template"
+
+
+@pytest.mark.parametrize(
+    "value, before, after",
+    [
+        ("<video>\nWhat colour?", "In: ", "\nWhat colour?\nOut: red"),
+        ("What colour?\n<video>", "In: What colour?\n", "\nOut: red"),
+        ("What colour?", "", "In: What colour?\nOut: red"),  # no tag: right after BOS
+    ],
+)
+def test_visual_tokens_go_at_the_placeholder_or_after_bos(value, before, after):
+    tok = build_tiny_tokenizer()
+    proc = processor(tok, "merv")
+    item = proc.encode([{"from": "human", "value": value}, {"from": "gpt", "value": "red"}], has_video=True)
+    mask = item["video_mask"].tolist()
+    first = mask.index(True)
+    assert sum(mask) == 3 and all(mask[first : first + 3])
+    ids = item["input_ids"].tolist()
+    assert ids[0] == tok.bos_token_id
+    assert tok.decode(ids[1:first]) == before
+    assert tok.decode(ids[first + 3 :]).startswith(after)
+
+
+def test_text_only_and_video_samples_mix_in_one_batch():
+    model = VideoLM(VideoLMConfig.tiny())
+    frames = torch.randint(0, 255, (6, 16, 16, 3), dtype=torch.uint8)
+    batch = model.prepare_batch([
+        {"video": None, "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+        {"video": frames, "conversations": CONV[:2]},
+    ])
+    assert [p.shape[0] for p in batch["pixel_values"]] == [1, 1]
+    assert batch["video_mask"][0].sum() == 0 and batch["video_mask"][1].sum() == model.num_visual_tokens
+    assert torch.isfinite(model(**batch).loss)
+
+
+@pytest.mark.parametrize(
+    "conv, match",
+    [
+        ([{"from": "human", "value": "hi"}], "end with a gpt turn"),
+        ([{"from": "robot", "value": "hi"}, {"from": "gpt", "value": "x"}], "unknown role"),
+        ([{"from": "gpt", "value": "hi"}, {"from": "gpt", "value": "x"}], "must alternate"),
+        ([{"value": "hi"}, {"from": "gpt", "value": "x"}], "turn 0"),
+    ],
+)
+def test_malformed_conversations_raise_clear_errors(conv, match):
+    proc = processor(build_tiny_tokenizer(), "merv")
+    with pytest.raises(ValueError, match=match):
+        proc.encode(conv, has_video=False)
