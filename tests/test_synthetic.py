@@ -1,0 +1,154 @@
+"""Synthetic data: byte-identical for a seed, readable in every format it writes, held-out eval, visible content."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from merv.data.formats import load_annotations
+from merv.data.synthetic import COLOURS, NUM_FRAMES, SHAPE_SIZE, SIZE, generate
+from merv.data.video import read_frames
+
+NUM_VIDEOS, SEED = 10, 7
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic") / "a"
+    return out, generate(out, NUM_VIDEOS, SEED)
+
+
+def test_cli_output_is_byte_identical_for_a_seed(generated, tmp_path):
+    out, _ = generated
+    cmd = [sys.executable, "-m", "merv.data.synthetic", "--out", str(tmp_path / "b"), "--num-videos", str(NUM_VIDEOS)]
+    result = subprocess.run([*cmd, "--seed", str(SEED)], capture_output=True, text=True, timeout=120, check=True)
+    assert "wrote" in result.stderr and '"captions.json": "llava"' in result.stderr  # summary is logged
+    first, second = _hashes(out), _hashes(tmp_path / "b")
+    assert len(first) == 2 * NUM_VIDEOS + 2 + 10  # videos, msvd copies, annotation files
+    assert first == second
+    generate(tmp_path / "c", NUM_VIDEOS, SEED + 1)
+    assert _hashes(tmp_path / "c")["videos/shape_0000.mp4"] != first["videos/shape_0000.mp4"]
+
+
+def test_every_annotation_file_loads(generated):
+    out, summary = generated
+    expected = {
+        "captions.json": summary["shapes"]["captions.json"],
+        "instruct.json": summary["shapes"]["instruct.json"],
+        "nextqa.csv": summary["shapes"]["nextqa.csv"],
+        "msvd/test_q.json": summary["shapes"]["msvd/test_q.json"],
+        "fall/labels.csv": summary["actions"]["segments"],
+    }
+    assert set(summary["annotations"]) == set(expected)
+    for name, fmt in summary["annotations"].items():
+        records = load_annotations(out / name)
+        assert records == load_annotations(out / name, format=fmt)
+        assert len(records) == expected[name] > 0
+        assert all(Path(r["video"]).is_file() for r in records), name
+        assert all(r["conversations"][0]["value"].count("<video>") == 1 for r in records)
+    for split in ("train", "val", "test"):
+        assert load_annotations(out / "fall" / "labels.csv", split_file=out / "fall" / "splits" / f"{split}.csv")
+
+
+def test_held_out_videos_are_not_in_training_files(generated):
+    out, _ = generated
+
+    def names(name, **kwargs):
+        return {Path(r["video"]).stem for r in load_annotations(out / name, **kwargs)}
+
+    train = names("captions.json") | names("instruct.json")
+    evaluation = names("nextqa.csv") | names("msvd/test_q.json")
+    assert train and evaluation and not train & evaluation
+    fall = out / "fall"
+    fall_train = {r["path"] for r in load_annotations(fall / "labels.csv", split_file=fall / "splits" / "train.csv")}
+    fall_test = {r["path"] for r in load_annotations(fall / "labels.csv", split_file=fall / "splits" / "test.csv")}
+    assert fall_train and fall_test and not fall_train & fall_test
+
+
+def test_annotations_follow_the_spec(generated):
+    out, _ = generated
+    instruct = load_annotations(out / "instruct.json")
+    assert {len(r["conversations"]) // 2 for r in instruct} <= {1, 2, 3}
+    positions = {r["conversations"][0]["value"].startswith("<video>") for r in instruct}
+    assert positions == {True, False}  # placeholder at the start and at the end
+    mcq = load_annotations(out / "nextqa.csv")
+    assert {r["type"] for r in mcq} == {"DC", "TN"} and len({r["answer"] for r in mcq}) > 1
+    for r in mcq:
+        truth = r["options"][r["answer"]].split()
+        for option in r["options"]:
+            if option != r["options"][r["answer"]]:
+                assert sum(a != b for a, b in zip(truth, option.split())) == 1  # one attribute differs
+    fall = load_annotations(out / "fall" / "labels.csv")
+    assert {r["label_id"] for r in fall} == {0, 1, 2, 3, 6, 8}
+    falls = [r for r in fall if r["label"] in ("fall", "fallen")]
+    for fall_seg, fallen_seg in zip(falls[::2], falls[1::2]):
+        assert (fall_seg["label"], fallen_seg["label"]) == ("fall", "fallen")
+        assert fall_seg["path"] == fallen_seg["path"] and fall_seg["end"] == fallen_seg["start"]
+
+
+def _foreground(frame: np.ndarray) -> np.ndarray:
+    return np.abs(frame.astype(int) - np.median(frame.reshape(-1, 3), axis=0)).sum(-1) > 120
+
+
+def test_shape_videos_show_the_caption(generated):
+    out, _ = generated
+    for record in load_annotations(out / "captions.json")[:6]:
+        _, colour, shape, _, direction = record["conversations"][1]["value"].split()
+        frames = read_frames(record["video"], [NUM_FRAMES])[0].numpy()
+        assert frames.shape == (NUM_FRAMES, SIZE, SIZE, 3)
+        masks = [_foreground(f) for f in frames]
+        mean_colour = np.mean([f[m].mean(0) for f, m in zip(frames, masks)], axis=0)
+        nearest = min(COLOURS, key=lambda c: np.abs(np.array(COLOURS[c]) - mean_colour).sum())
+        assert nearest == colour
+        area = np.mean([m.sum() for m in masks])
+        expected_area = {
+            "circle": np.pi * (SHAPE_SIZE / 2) ** 2,
+            "square": SHAPE_SIZE**2,
+            "triangle": SHAPE_SIZE**2 / 2,
+        }
+        assert min(expected_area, key=lambda s: abs(expected_area[s] - area)) == shape
+        assert area > 0.05 * SIZE * SIZE  # a large shape
+        ys, xs = zip(*[np.argwhere(m).mean(0) for m in (masks[0], masks[-1])])
+        motion = {"left": xs[0] - xs[1], "right": xs[1] - xs[0], "up": ys[0] - ys[1], "down": ys[1] - ys[0]}
+        across = ys[1] - ys[0] if direction in ("left", "right") else xs[1] - xs[0]
+        assert motion[direction] > 25 and abs(across) < 3
+
+
+def test_action_videos_show_the_action(generated):
+    out, _ = generated
+    by_label = {r["label"]: r for r in load_annotations(out / "fall" / "labels.csv")}
+
+    def box(label, frame_index):
+        frame = read_frames(by_label[label]["video"], [NUM_FRAMES])[0].numpy()[frame_index]
+        ys, xs = np.nonzero(_foreground(frame[:54]))  # above the floor
+        return ys.max() - ys.min(), xs.max() - xs.min(), frame
+
+    height, width, _ = box("standing", 0)
+    assert height > 2 * width  # upright
+    height, width, _ = box("fall", -1)
+    assert width > 2 * height  # ends lying down
+    first, last = box("sit_down", 0)[0], box("sit_down", -1)[0]
+    assert last < 0.75 * first
+    _, _, frame = box("lying", 0)
+    assert (np.abs(frame.astype(int) - (150, 60, 170)).sum(-1) < 40).sum() > 100  # the bed is there
+    walk = read_frames(by_label["walk"]["video"], [NUM_FRAMES])[0].numpy()
+    xs = [np.nonzero(_foreground(f[:54]))[1].mean() for f in (walk[0], walk[-1])]
+    assert abs(xs[1] - xs[0]) > 25
+
+
+def test_generate_rejects_too_few_videos(tmp_path):
+    with pytest.raises(ValueError, match="at least 5"):
+        generate(tmp_path, 3, 0)
+    assert json.loads(json.dumps(generate(tmp_path / "ok", 5, 1)))["actions"]["videos"] == 5
