@@ -1,11 +1,22 @@
-"""Annotation readers: every format to the normalised record, sniffing, and errors that name file/record/field."""
+"""Annotation readers: every format to the normalised record, sniffing, errors that name file/record/field, and
+the checked row and field access shared with the benchmark readers."""
 
 import json
 import os
 
 import pytest
 
-from merv.data.formats import OMNIFALL_CLASSES, AnnotationError, load_annotations
+from merv.data.formats import (
+    OMNIFALL_CLASSES,
+    AnnotationError,
+    RecordLocation,
+    check_value,
+    get_field,
+    load_annotations,
+    parse_number,
+    read_json,
+    read_rows,
+)
 
 
 def _write(path, text):
@@ -207,48 +218,6 @@ def test_omnifall_labels_and_split_file(tmp_path):
     assert [r["path"] for r in load_annotations(labels, split_file=split)] == ["adl/HopS1"]
 
 
-def test_nextqa_mcq_with_video_map(tmp_path):
-    _write(
-        tmp_path / "nextqa.csv",
-        "video,frame_count,width,height,question,answer,qid,type,a0,a1,a2,a3,a4\n"
-        "5551234567,1200,640,480,why did the dog run to the door,3,2,CW,bark at cat,chase ball,lie down,greet owner,eat food\n",
-    )
-    _dump(tmp_path / "map_vid_vidorID.json", {"5551234567": "0001/5551234567"})
-    (record,) = load_annotations(tmp_path / "nextqa.csv")
-    assert record["id"] == "5551234567_2" and record["answer"] == 3 and record["type"] == "CW"
-    assert record["video"] == str(tmp_path / "0001" / "5551234567.mp4")
-    assert record["options"][3] == "greet owner"
-    prompt = record["conversations"][0]["value"]
-    assert prompt.startswith("<video>\nwhy did the dog run to the door?\nA. bark at cat\n") and "E. eat food" in prompt
-    assert record["conversations"][1] == {"from": "gpt", "value": "D"}
-
-
-def test_open_ended_joined_by_question_id(tmp_path):
-    folder = tmp_path / "MSVD_Zero_Shot_QA"
-    _write(folder / "videos" / "clipA.avi", "x")
-    _dump(
-        folder / "test_q.json",
-        [
-            {"video_name": "clipA", "question": "what is the cat doing?", "question_id": "q0"},
-            {"video_name": "clipB", "question": "who sings?", "question_id": "q1"},
-        ],
-    )
-    # Answers in a different order: the join must use question_id, not position.
-    _dump(
-        folder / "test_a.json",
-        [{"answer": "woman", "type": 3, "question_id": "q1"}, {"answer": "sleep", "type": 0, "question_id": "q0"}],
-    )
-    a, b = load_annotations(folder / "test_q.json")
-    assert (a["answer"], b["answer"]) == ("sleep", "woman")
-    assert a["video"] == str(folder / "videos" / "clipA.avi")  # found by trying suffixes
-    assert b["video"] == str(folder / "videos" / "clipB.mp4")
-    assert a["conversations"] == [
-        {"from": "human", "value": "<video>\nwhat is the cat doing?"},
-        {"from": "gpt", "value": "sleep"},
-    ]
-    assert a["type"] == 0 and a["id"] == "q0"
-
-
 # ---- malformed input -------------------------------------------------------------------------------
 
 
@@ -331,18 +300,6 @@ def test_omnifall_errors(tmp_path):
     assert "split_file=" in _error(split_only)
 
 
-def test_nextqa_and_open_ended_errors(tmp_path):
-    header = "video,frame_count,width,height,question,answer,qid,type,a0,a1,a2,a3,a4\n"
-    csv_path = _write(tmp_path / "val.csv", header + "1,1,1,1,why,7,0,CW,a,b,c,d,e\n")
-    message = _error(csv_path)
-    assert "line 2" in message and "'answer'" in message
-    folder = tmp_path / "qa"
-    _dump(folder / "test_q.json", [{"video_name": "v", "question": "why?", "question_id": "q9"}])
-    _dump(folder / "test_a.json", [{"answer": "because", "question_id": "q1"}])
-    message = _error(folder / "test_q.json")
-    assert "record 0" in message and "'question_id'" in message and "test_a.json" in message
-
-
 def test_format_names_and_sniffing(tmp_path):
     path = _dump(tmp_path / "a.json", [LLAVA[0]])
     with pytest.raises(ValueError, match="unknown annotation format"):
@@ -354,3 +311,98 @@ def test_format_names_and_sniffing(tmp_path):
     not_array = _dump(tmp_path / "o.json", {"conversations": []})
     assert "top level" in _error(not_array, format="llava")
     assert load_annotations(_dump(tmp_path / "empty.json", [])) == []
+
+
+def test_benchmark_files_are_not_training_formats(tmp_path):
+    nextqa = _write(tmp_path / "val.csv", "video,frame_count,width,height,question,answer,qid,type,a0,a1,a2,a3,a4\n")
+    assert "cannot tell the format from the columns" in _error(nextqa)
+    questions = _dump(tmp_path / "test_q.json", [{"video_name": "v", "question": "why?", "question_id": "q0"}])
+    message = _error(questions)
+    assert "record 0" in message and "['question', 'question_id', 'video_name']" in message
+    for name in ("nextqa", "openended", "msvd"):
+        with pytest.raises(ValueError, match="unknown annotation format"):
+            load_annotations(questions, format=name)
+
+
+# ---- shared row and field access ---------------------------------------------------------------------
+
+
+def test_read_rows_locates_every_record(tmp_path):
+    array = _dump(tmp_path / "a.json", [{"x": 1}, {"x": 2}])
+    assert [(at.where, row) for at, row in read_rows(array)] == [("record 0", {"x": 1}), ("record 1", {"x": 2})]
+    lines = _write(tmp_path / "b.json", '{"x": 1}\n\n{"x": 2}\n')  # JSON Lines under a .json name
+    assert [at.where for at, _ in read_rows(lines)] == ["line 1", "line 3"]
+    assert all(at.path == lines for at, _ in read_rows(lines))
+    table = _write(tmp_path / "c.csv", " a , b\n 1 ,x\n2, \n")
+    assert [(at.where, row) for at, row in read_rows(table, ("a",))] == [
+        ("line 2", {"a": "1", "b": "x"}),
+        ("line 3", {"a": "2", "b": ""}),
+    ]
+    assert "'c'" in _error_of(read_rows, table, ("c",)) and "line 1 (header)" in _error_of(read_rows, table, ("c",))
+    extra_cells = _write(tmp_path / "d.csv", "a,b\n1,2\n1,2,3\n")
+    assert "line 3: 3 cells, header has 2" in _error_of(read_rows, extra_cells)
+    not_object = _dump(tmp_path / "e.json", [{"x": 1}, [1]])
+    assert "record 1: expected a JSON object, got list" in _error_of(read_rows, not_object)
+    document = _dump(tmp_path / "f.json", {"k": [1]})
+    assert read_json(document) == {"k": [1]} and read_json(lines) == [{"x": 1}, {"x": 2}]
+    assert "top level: expected a JSON array of records, got dict" in _error_of(read_rows, document)
+    assert "line 2 column 1: invalid JSON" in _error_of(read_json, _write(tmp_path / "g.json", "[\n}"))
+
+
+def _error_of(fn, *args) -> str:
+    with pytest.raises(AnnotationError) as info:
+        fn(*args)
+    return str(info.value)
+
+
+def test_get_field_types_alternatives_and_missing_values(tmp_path):
+    at = RecordLocation(tmp_path / "f.json", "record 4")
+    record = {"q": "", "n": 3, "f": 1.5, "flag": True, "t": " 12 ", "empty": "", "none": None, "items": [1]}
+    assert get_field(at, record, "q", "str") == ""  # an empty string is a valid `str`
+    assert get_field(at, record, "n", "text") == "3" and get_field(at, record, "t", "text") == "12"
+    assert get_field(at, record, "f", "number") == 1.5 and get_field(at, record, "n", "int") == 3
+    assert get_field(at, record, ("none", "empty", "items"), "list") == [1]  # first present alternative
+    assert get_field(at, record, ("none", "empty"), required=False) is None
+    message = _error_of(get_field, at, record, ("none", "empty", "gone"))
+    assert message == f"{tmp_path / 'f.json'}: record 4, field 'none/empty/gone': missing required field"
+    assert "field 'flag': expected an integer, got bool" in _error_of(get_field, at, record, "flag", "int")
+    assert "field 'items': expected text, got list" in _error_of(get_field, at, record, ("none", "items"), "text")
+    with pytest.raises(AnnotationError, match=r"record 4, field 'QA\[0\]\.a': expected a string, got int"):
+        get_field(at, {"a": 1}, "a", "str", name="QA[0].a")
+    assert check_value(at, 2.0, "text", "x") == "2.0"
+    with pytest.raises(AnnotationError, match=r"field 'options\[1\]': expected text, got dict"):
+        check_value(at, {}, "text", "options[1]")
+
+
+def test_parse_number(tmp_path):
+    at = RecordLocation(tmp_path / "f.csv", "line 2")
+    assert parse_number(at, " 1.5 ", "start") == 1.5 and parse_number(at, 2, "start") == 2.0
+    assert parse_number(at, "3.0", "cam", integer=True) == 3 and isinstance(
+        parse_number(at, "3", "cam", integer=True), int
+    )
+    assert [parse_number(at, v, "ts", required=False) for v in (None, "", " ", "NaN", float("nan"))] == [None] * 5
+    for value, integer, reason in [
+        ("1.5", True, "expected an integer, got '1.5'"),
+        ("soon", False, "expected a number, got 'soon'"),
+        ("inf", False, "expected a number, got 'inf'"),
+        ("nan", False, "expected a number, got 'nan'"),
+        (True, False, "expected a number, got bool"),
+        ("", False, "missing required field"),
+    ]:
+        with pytest.raises(AnnotationError) as info:
+            parse_number(at, value, "start", integer=integer)
+        message = str(info.value)
+        assert message.startswith(f"{tmp_path / 'f.csv'}: line 2, field 'start': ") and reason in message
+
+
+def test_annotation_error_pickles_and_formats_whole_file_errors(tmp_path):
+    import pickle
+
+    error = AnnotationError(tmp_path / "a.json", "line 3", "video", "missing required field")
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == str(error) and (copy.where, copy.field, copy.reason) == ("line 3", "video", error.reason)
+    assert (
+        str(AnnotationError("a.json", None, None, "folder holds no .json files"))
+        == "a.json: folder holds no .json files"
+    )
+    assert str(AnnotationError("a.json", None, "q_uid", "bad")) == "a.json: field 'q_uid': bad"

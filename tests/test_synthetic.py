@@ -1,4 +1,5 @@
-"""Synthetic data: byte-identical for a seed, readable in every format it writes, held-out eval, visible content."""
+"""Synthetic data: byte-identical for a seed, every file readable (training and validation files as annotations,
+benchmark files by the eval tasks), held-out validation and eval videos, visible content."""
 
 import hashlib
 import json
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from merv.data.formats import load_annotations
-from merv.data.synthetic import COLOURS, NUM_FRAMES, SHAPE_SIZE, SIZE, generate
+from merv.data.synthetic import COLOURS, NUM_FRAMES, SHAPE_SIZE, SIZE, caption, generate
 from merv.data.video import read_frames
+from merv.eval import get_task
 
 NUM_VIDEOS, SEED = 10, 7
 
@@ -36,22 +38,33 @@ def test_cli_output_is_byte_identical_for_a_seed(generated, tmp_path):
     result = subprocess.run([*cmd, "--seed", str(SEED)], capture_output=True, text=True, timeout=120, check=True)
     assert "wrote" in result.stderr and '"captions.json": "llava"' in result.stderr  # summary is logged
     first, second = _hashes(out), _hashes(tmp_path / "b")
-    assert len(first) == 2 * NUM_VIDEOS + 2 + 10  # videos, msvd copies, annotation files
+    assert len(first) == 2 * NUM_VIDEOS + 2 + 11  # videos, msvd copies, annotation files
     assert first == second
     generate(tmp_path / "c", NUM_VIDEOS, SEED + 1)
     assert _hashes(tmp_path / "c")["videos/shape_0000.mp4"] != first["videos/shape_0000.mp4"]
 
 
-def test_every_annotation_file_loads(generated):
+def _benchmarks(out: Path) -> dict[str, list]:
+    return {
+        "nextqa.csv": get_task("nextqa").load(out / "nextqa.csv", video_root=out),
+        "msvd/test_q.json": get_task("msvd").load(
+            out / "msvd" / "test_q.json", out / "msvd" / "test_a.json", out / "msvd" / "videos"
+        ),
+    }
+
+
+def test_every_written_file_is_readable(generated):
     out, summary = generated
     expected = {
         "captions.json": summary["shapes"]["captions.json"],
         "instruct.json": summary["shapes"]["instruct.json"],
-        "nextqa.csv": summary["shapes"]["nextqa.csv"],
-        "msvd/test_q.json": summary["shapes"]["msvd/test_q.json"],
+        "val.json": summary["shapes"]["val.json"],
         "fall/labels.csv": summary["actions"]["segments"],
     }
-    assert set(summary["annotations"]) == set(expected)
+    assert summary["annotations"] == {
+        **dict.fromkeys(["captions.json", "instruct.json", "val.json"], "llava"),
+        "fall/labels.csv": "omnifall",
+    }
     for name, fmt in summary["annotations"].items():
         records = load_annotations(out / name)
         assert records == load_annotations(out / name, format=fmt)
@@ -60,17 +73,48 @@ def test_every_annotation_file_loads(generated):
         assert all(r["conversations"][0]["value"].count("<video>") == 1 for r in records)
     for split in ("train", "val", "test"):
         assert load_annotations(out / "fall" / "labels.csv", split_file=out / "fall" / "splits" / f"{split}.csv")
+    benchmarks = _benchmarks(out)
+    assert summary["benchmarks"] == {"nextqa.csv": "nextqa", "msvd/test_q.json": "msvd"}
+    for name, items in benchmarks.items():
+        assert get_task(summary["benchmarks"][name]).kind == ("mcq" if name == "nextqa.csv" else "openended")
+        assert len(items) == summary["shapes"][name] > 0
+        assert all(Path(it.video).is_file() for it in items), name
+        assert all(it.answer for it in items)
+    # Every file on disk is a video, an annotation file named in the summary, or a file those read beside them.
+    named = {*summary["annotations"], *summary["benchmarks"], "msvd/test_a.json", "map_vid_vidorID.json"}
+    others = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.suffix != ".mp4"} - {
+        f"fall/splits/{s}.csv" for s in ("train", "val", "test")
+    }
+    assert others == named
+
+
+def test_val_conversations_cover_the_held_out_videos(generated):
+    out, summary = generated
+    val = load_annotations(out / "val.json")
+    by_video: dict[str, list[dict]] = {}
+    for record in val:
+        by_video.setdefault(Path(record["video"]).stem, []).append(record)
+    assert len(by_video) == summary["shapes"]["held_out_videos"]
+    truth = {Path(it.video).stem: it.answer for it in _benchmarks(out)["nextqa.csv"] if it.question_type == "DC"}
+    for name, records in by_video.items():
+        assert sorted(r["id"] for r in records) == [f"{name}_caption", f"{name}_instruct"]
+        described = next(r for r in records if r["id"].endswith("_caption"))["conversations"][1]["value"]
+        colour, shape, direction = described.split()[1], described.split()[2], described.split()[4]
+        assert described == caption(colour, shape, direction) == truth[name]
+        qa = next(r for r in records if r["id"].endswith("_instruct"))["conversations"]
+        assert 1 <= len(qa) // 2 <= 3 and all(t["value"] in (colour, shape, direction) for t in qa[1::2])
 
 
 def test_held_out_videos_are_not_in_training_files(generated):
     out, _ = generated
 
-    def names(name, **kwargs):
-        return {Path(r["video"]).stem for r in load_annotations(out / name, **kwargs)}
+    def names(name):
+        return {Path(r["video"]).stem for r in load_annotations(out / name)}
 
     train = names("captions.json") | names("instruct.json")
-    evaluation = names("nextqa.csv") | names("msvd/test_q.json")
-    assert train and evaluation and not train & evaluation
+    held_out = {Path(it.video).stem for items in _benchmarks(out).values() for it in items}
+    assert train and held_out and not train & held_out
+    assert names("val.json") == held_out
     fall = out / "fall"
     fall_train = {r["path"] for r in load_annotations(fall / "labels.csv", split_file=fall / "splits" / "train.csv")}
     fall_test = {r["path"] for r in load_annotations(fall / "labels.csv", split_file=fall / "splits" / "test.csv")}
@@ -83,12 +127,13 @@ def test_annotations_follow_the_spec(generated):
     assert {len(r["conversations"]) // 2 for r in instruct} <= {1, 2, 3}
     positions = {r["conversations"][0]["value"].startswith("<video>") for r in instruct}
     assert positions == {True, False}  # placeholder at the start and at the end
-    mcq = load_annotations(out / "nextqa.csv")
-    assert {r["type"] for r in mcq} == {"DC", "TN"} and len({r["answer"] for r in mcq}) > 1
-    for r in mcq:
-        truth = r["options"][r["answer"]].split()
-        for option in r["options"]:
-            if option != r["options"][r["answer"]]:
+    mcq = _benchmarks(out)["nextqa.csv"]
+    assert {it.question_type for it in mcq} == {"DC", "TN"} and len({it.answer_index for it in mcq}) > 1
+    for it in mcq:
+        truth = it.answer.split()
+        assert len(it.options) == 5 and it.options.count(it.answer) == 1
+        for option in it.options:
+            if option != it.answer:
                 assert sum(a != b for a, b in zip(truth, option.split())) == 1  # one attribute differs
     fall = load_annotations(out / "fall" / "labels.csv")
     assert {r["label_id"] for r in fall} == {0, 1, 2, 3, 6, 8}

@@ -4,11 +4,14 @@
 at 8 fps) and their annotations; the same seed gives byte-identical files. Two families:
 
 * shapes: one large coloured shape moving across a dark frame -> alignment captions, instruction
-  conversations (LLaVA format), an MCQ set (NExT-QA CSV) and open-ended QA (MSVD-QA form);
+  conversations (LLaVA format), validation conversations in the same format, an MCQ set (NExT-QA CSV)
+  and open-ended QA (MSVD-QA form);
 * actions: a block "person" that walks, falls, sits down, stands or lies on a bed -> an OmniFall label
   CSV with split files.
 
-The MCQ / open-ended files and the action test split use videos that no training file uses.
+The validation conversations, the MCQ / open-ended files and the action test split use videos that no
+training file uses. Training and validation files are read by `merv.data.load_annotations`, the benchmark
+files by the `nextqa` and `msvd` tasks of `merv.eval`.
 """
 
 from __future__ import annotations
@@ -231,23 +234,10 @@ def _mcq_options(truth: tuple[str, str, str], vary: str, rng: np.random.Generato
     return shuffled, int(np.flatnonzero(order == 0)[0])
 
 
-def _shapes(out: Path, num_videos: int, rng: np.random.Generator) -> dict[str, Any]:
-    combos = [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
-    order = rng.permutation(len(combos))
-    num_eval = max(1, num_videos // 4)
-    videos = []
-    for i in range(num_videos):
-        colour, shape, direction = combos[order[i % len(combos)]]
-        name = f"shape_{i:04d}"
-        frames = render_shape_video(colour, shape, direction, float(rng.uniform(-8, 8)), rng)
-        write_video(out / "videos" / f"{name}.mp4", frames)
-        videos.append({"index": i, "name": name, "colour": colour, "shape": shape, "direction": direction})
-        if (i + 1) % 16 == 0 or i + 1 == num_videos:
-            logger.info("shapes: %d/%d videos", i + 1, num_videos)
-    train, held_out = videos[: num_videos - num_eval], videos[num_videos - num_eval :]
-
+def _conversations(videos: list[dict[str, Any]], rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
+    """LLaVA-format records of shapes videos: one caption each, and one conversation of one to three questions."""
     captions, instruct = [], []
-    for v in train:
+    for v in videos:
         truth = (v["colour"], v["shape"], v["direction"])
         prompt = _DESCRIBE_PROMPTS[int(rng.integers(len(_DESCRIBE_PROMPTS)))]
         captions.append(
@@ -269,8 +259,30 @@ def _shapes(out: Path, num_videos: int, rng: np.random.Generator) -> dict[str, A
                 question = _with_placeholder(question, at_end=bool(rng.random() < 0.5))
             turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answers[topic]}]
         instruct.append({"id": f"{v['name']}_instruct", "video": f"videos/{v['name']}.mp4", "conversations": turns})
+    return captions, instruct
+
+
+def _shapes(out: Path, num_videos: int, rng: np.random.Generator, seed: int) -> dict[str, Any]:
+    combos = [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+    order = rng.permutation(len(combos))
+    num_eval = max(1, num_videos // 4)
+    videos = []
+    for i in range(num_videos):
+        colour, shape, direction = combos[order[i % len(combos)]]
+        name = f"shape_{i:04d}"
+        frames = render_shape_video(colour, shape, direction, float(rng.uniform(-8, 8)), rng)
+        write_video(out / "videos" / f"{name}.mp4", frames)
+        videos.append({"index": i, "name": name, "colour": colour, "shape": shape, "direction": direction})
+        if (i + 1) % 16 == 0 or i + 1 == num_videos:
+            logger.info("shapes: %d/%d videos", i + 1, num_videos)
+    train, held_out = videos[: num_videos - num_eval], videos[num_videos - num_eval :]
+
+    captions, instruct = _conversations(train, rng)
     _write_json(out / "captions.json", captions)
     _write_json(out / "instruct.json", instruct)
+    # The validation conversations draw from their own generator, so they leave every other file as it is.
+    val_captions, val_instruct = _conversations(held_out, np.random.default_rng([seed, 1]))
+    _write_json(out / "val.json", val_captions + val_instruct)
 
     # NExT-QA: integer-like video ids mapped to files by map_vid_vidorID.json, as in the original release.
     mcq_rows, video_map = [], {}
@@ -313,6 +325,7 @@ def _shapes(out: Path, num_videos: int, rng: np.random.Generator) -> dict[str, A
         "held_out_videos": len(held_out),
         "captions.json": len(captions),
         "instruct.json": len(instruct),
+        "val.json": len(val_captions) + len(val_instruct),
         "nextqa.csv": len(mcq_rows),
         "msvd/test_q.json": len(questions),
     }
@@ -347,7 +360,8 @@ def generate(out_dir: str | Path, num_videos: int = 48, seed: int = 0) -> dict[s
         seed: random seed; the same seed writes byte-identical files.
 
     Returns:
-        A summary: counts per family and file, and the annotation files with their formats.
+        A summary: counts per family and file, the training and validation files with their
+        `load_annotations` formats, and the benchmark files with their `merv.eval` task names.
     """
     if num_videos < 5:
         raise ValueError(f"num_videos must be at least 5 (one held-out video and every action), got {num_videos}")
@@ -357,15 +371,15 @@ def generate(out_dir: str | Path, num_videos: int = 48, seed: int = 0) -> dict[s
     summary = {
         "out_dir": str(out),
         "seed": seed,
-        "shapes": _shapes(out, num_videos, rng),
+        "shapes": _shapes(out, num_videos, rng, seed),
         "actions": _actions(out, num_videos, rng),
         "annotations": {
             "captions.json": "llava",
             "instruct.json": "llava",
-            "nextqa.csv": "nextqa",
-            "msvd/test_q.json": "openended",
+            "val.json": "llava",
             "fall/labels.csv": "omnifall",
         },
+        "benchmarks": {"nextqa.csv": "nextqa", "msvd/test_q.json": "msvd"},
     }
     return summary
 

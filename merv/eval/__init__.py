@@ -1,0 +1,84 @@
+"""Benchmark evaluation: registered tasks, MCQ answer parsing, open-ended judges, the chunked runner, reports.
+
+`merv.eval` depends on `merv.models` and `merv.data` only (never on Lightning); `scripts/eval_*.py` are thin
+command-line wrappers over `merv.eval.runner` and `merv.eval.judge`.
+"""
+
+from merv.eval.judge import (
+    JUDGE_PROMPT_VERSION,
+    JudgeCache,
+    JudgedItem,
+    JudgeError,
+    LocalHFJudge,
+    OpenAIChatJudge,
+    Verdict,
+    exact_match,
+    judge_predictions,
+    normalize_answer_text,
+    parse_verdict,
+    string_match_report,
+    summarize_judgements,
+    token_f1,
+)
+from merv.eval.parsing import ParsedAnswer, parse_mcq_answer
+from merv.eval.runner import (
+    EvalConfig,
+    EvalOutcome,
+    MergeError,
+    ResumeMismatchError,
+    SkipRateError,
+    evaluate,
+    merge_chunks,
+    predict_item,
+    run_chunk,
+    select_chunk,
+    summary_line,
+    write_report,
+)
+from merv.eval.tasks import (
+    AnnotationError,
+    EvalItem,
+    EvalTask,
+    get_task,
+    list_tasks,
+    normalize_answer,
+    register_task,
+)
+
+__all__ = [
+    "JUDGE_PROMPT_VERSION",
+    "AnnotationError",
+    "EvalConfig",
+    "EvalItem",
+    "EvalOutcome",
+    "EvalTask",
+    "JudgeCache",
+    "JudgeError",
+    "JudgedItem",
+    "LocalHFJudge",
+    "MergeError",
+    "OpenAIChatJudge",
+    "ParsedAnswer",
+    "ResumeMismatchError",
+    "SkipRateError",
+    "Verdict",
+    "evaluate",
+    "exact_match",
+    "get_task",
+    "judge_predictions",
+    "list_tasks",
+    "merge_chunks",
+    "normalize_answer",
+    "normalize_answer_text",
+    "parse_mcq_answer",
+    "parse_verdict",
+    "predict_item",
+    "register_task",
+    "run_chunk",
+    "select_chunk",
+    "string_match_report",
+    "summarize_judgements",
+    "summary_line",
+    "token_f1",
+    "write_report",
+]

@@ -1,0 +1,734 @@
+"""The evaluation runner: predict a chunk of a benchmark, resume after a kill, merge chunks, write reports.
+
+Chunk k of n appends each prediction to its own JSON-lines file and flushes it at once, so a killed job
+restarts where it stopped (finished ids are never recomputed). When every chunk has finished, the chunks
+are merged by question id (duplicates and gaps are refused) and a report is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from merv.data.video import IMAGE_SUFFIXES, VideoDecodeError, sample_indices
+from merv.eval.judge import string_match_report, type_label
+from merv.eval.parsing import LETTERS, parse_mcq_answer
+from merv.eval.tasks import (
+    MCQ_PROMPT_VERSION,
+    OPENENDED_PROMPT_VERSION,
+    EvalItem,
+    EvalTask,
+    build_mcq_prompt,
+    build_openended_prompt,
+    file_identity,
+    get_task,
+)
+
+log = logging.getLogger(__name__)
+
+Strategy = Literal["naive", "loglik"]
+STRATEGIES: tuple[str, ...] = ("naive", "loglik")
+
+#: Frames per second of the extracted frame folders some benchmarks ship (TVQA, MVBench episodic reasoning).
+FRAME_FOLDER_FPS = 3.0
+# An unreadable video skips its item; any other error stops the run.
+_VIDEO_ERRORS = (FileNotFoundError, VideoDecodeError)
+
+
+class PromptBuilderLike(Protocol):
+    def add_turn(self, role: str, message: str) -> Any: ...
+
+    def get_prompt(self) -> str: ...
+
+
+class EvaluableModel(Protocol):
+    """What the runner needs from a model (`merv.models.VideoLM` provides it)."""
+
+    def get_prompt_builder(self) -> PromptBuilderLike: ...
+
+    def generate(
+        self,
+        video: Any,
+        prompt_text: str,
+        num_frames: list[int] | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        **kwargs: Any,
+    ) -> str: ...
+
+    def option_nll(
+        self, video: Any, question: str, options: list[str], start: float | None = None, end: float | None = None
+    ) -> list[float]: ...
+
+
+class MergeError(RuntimeError):
+    """Chunk files cannot be merged: a chunk is missing or unfinished, ids repeat, or settings differ."""
+
+
+class ResumeMismatchError(RuntimeError):
+    """An existing chunk file was produced with different settings or data than the current run."""
+
+
+class SkipRateError(RuntimeError):
+    """Too many items of a chunk were skipped because their videos could not be read."""
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run (one chunk of one task).
+
+    Attributes:
+        task: registered task name or alias (`nextqa`, `msvd`, `mcq`, ...).
+        question_file: annotation file (or folder for MVBench).
+        answer_file: separate answer file, where the format has one.
+        video_root: folder that video names are relative to.
+        output_dir: where prediction chunks, the merged file and the report go.
+        model_path: recorded in the results (the runner receives the loaded model).
+        strategy: MCQ strategy: `naive` (generate, parse a letter) or `loglik` (lowest option NLL).
+        max_new_tokens: generation length; None = 16 for MCQ, 128 for open-ended.
+        num_frames: per-encoder frame counts passed to `generate`; None = the model's own.
+        num_chunks: how many chunks the task is split into.
+        chunk_idx: which chunk this run computes (0-based).
+        max_skip_rate: fraction of unreadable videos above which the run fails.
+        limit: evaluate only the first `limit` items (quick checks); None = all.
+    """
+
+    task: str
+    question_file: str | os.PathLike
+    answer_file: str | os.PathLike | None = None
+    video_root: str | os.PathLike | None = None
+    output_dir: str | os.PathLike = "eval_results"
+    model_path: str | None = None
+    strategy: Strategy = "naive"
+    max_new_tokens: int | None = None
+    num_frames: list[int] | None = None
+    num_chunks: int = 1
+    chunk_idx: int = 0
+    max_skip_rate: float = 0.2
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.num_chunks < 1:
+            raise ValueError(f"num_chunks must be at least 1, got {self.num_chunks}")
+        if not 0 <= self.chunk_idx < self.num_chunks:
+            raise ValueError(f"chunk_idx must be in 0..{self.num_chunks - 1}, got {self.chunk_idx}")
+        if not 0.0 <= self.max_skip_rate <= 1.0:
+            raise ValueError(f"max_skip_rate must be within [0, 1], got {self.max_skip_rate}")
+
+
+def decoding_settings(cfg: EvalConfig, task: EvalTask) -> dict[str, Any]:
+    """The settings that determine predictions; recorded in results and checked when resuming or merging."""
+    if task.kind == "mcq":
+        settings: dict[str, Any] = {"strategy": cfg.strategy, "prompt_version": MCQ_PROMPT_VERSION}
+        if cfg.strategy == "loglik":
+            settings.update({"scoring": "argmin mean token NLL of the option text", "num_frames": cfg.num_frames})
+            return settings
+    else:
+        settings = {"strategy": "generate", "prompt_version": OPENENDED_PROMPT_VERSION}
+    settings.update(
+        {
+            "do_sample": False,
+            "greedy": True,
+            "max_new_tokens": cfg.max_new_tokens or (16 if task.kind == "mcq" else 128),
+            "num_frames": cfg.num_frames,
+        }
+    )
+    return settings
+
+
+def run_name(task: EvalTask, cfg: EvalConfig) -> str:
+    """File-name stem shared by all chunks of one run: `<task>_<strategy>` for MCQ, `<task>` otherwise."""
+    return f"{task.name}_{cfg.strategy}" if task.kind == "mcq" else task.name
+
+
+def chunk_path(output_dir: str | os.PathLike, name: str, num_chunks: int, chunk_idx: int) -> Path:
+    """Predictions file of one chunk."""
+    return Path(output_dir) / f"{name}_pred_{num_chunks}_{chunk_idx}.jsonl"
+
+
+def meta_path(output_dir: str | os.PathLike, name: str, num_chunks: int, chunk_idx: int) -> Path:
+    """Sidecar with the chunk's ids, settings and data identity (written before the first prediction)."""
+    return Path(output_dir) / f"{name}_pred_{num_chunks}_{chunk_idx}.meta.json"
+
+
+def merged_path(output_dir: str | os.PathLike, name: str) -> Path:
+    """Merged predictions of all chunks."""
+    return Path(output_dir) / f"{name}_pred_merge.jsonl"
+
+
+def report_path(output_dir: str | os.PathLike, name: str) -> Path:
+    """Report JSON of the merged predictions."""
+    return Path(output_dir) / f"{name}_report.json"
+
+
+def chunk_bounds(num_items: int, num_chunks: int, chunk_idx: int) -> tuple[int, int]:
+    """`[lo, hi)` of chunk `chunk_idx`: contiguous, sizes differing by at most one, every chunk defined."""
+    if not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"chunk_idx must be in 0..{num_chunks - 1}, got {chunk_idx}")
+    return num_items * chunk_idx // num_chunks, num_items * (chunk_idx + 1) // num_chunks
+
+
+def select_chunk(items: Sequence[EvalItem], num_chunks: int, chunk_idx: int) -> list[EvalItem]:
+    """The items of one chunk."""
+    lo, hi = chunk_bounds(len(items), num_chunks, chunk_idx)
+    return list(items[lo:hi])
+
+
+# ------------------------------------------------------------------------------------------------ file I/O
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def write_jsonl_atomic(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_predictions(path: str | os.PathLike, tolerate_truncated_tail: bool = False) -> list[dict[str, Any]]:
+    """Read a predictions file: JSON lines, or one JSON array / `{id: record}` object.
+
+    Args:
+        path: the file.
+        tolerate_truncated_tail: drop an unreadable last line (a job killed while writing it) instead of failing.
+
+    Raises:
+        ValueError: a line that is not JSON (other than a tolerated last line), naming the file and line.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None  # JSON lines (or a truncated file): read line by line below
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        if "id" in data:  # a JSON-lines file with a single record
+            return [data]
+        # Video-LLaVA-style {id: record} or {id: [verdict, record]} files.
+        out = []
+        for key, value in data.items():
+            rec = value[-1] if isinstance(value, list) and value else value
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}: entry {key!r} is not a prediction record")
+            out.append({**rec, "id": rec.get("id", key)})
+        return out
+    lines = text.splitlines()
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if tolerate_truncated_tail and lineno == len(lines):
+                log.warning("%s: dropping the unfinished last line %d", path, lineno)
+                continue
+            raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from e
+    return records
+
+
+# --------------------------------------------------------------------------------------------- video input
+
+
+def _frame_folder(path: Path, start: float | None, end: float | None, num_frames: int) -> Any:
+    """Frames of an extracted frame folder (3 fps images) as a `(T, H, W, 3)` uint8 tensor, within bounds."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise VideoDecodeError(path, "the frame folder holds no images")
+    lo = 0 if start is None else max(0, int(start * FRAME_FOLDER_FPS))
+    hi = len(files) if end is None else min(len(files), max(lo + 1, int(round(end * FRAME_FOLDER_FPS))))
+    window = files[lo:hi] or files[-1:]
+    picked = [window[i] for i in sample_indices(len(window), num_frames)]
+    try:
+        arrays = [np.asarray(Image.open(p).convert("RGB")) for p in picked]
+        return torch.from_numpy(np.stack(arrays))
+    except (OSError, ValueError) as e:
+        raise VideoDecodeError(path, f"cannot read frames: {e}") from e
+
+
+def _max_frames(model: Any) -> int:
+    counts = getattr(getattr(model, "processor", None), "frame_counts", None)
+    return max(counts) if counts else 32
+
+
+# ----------------------------------------------------------------------------------------------- prediction
+
+
+def _base_record(task: EvalTask, item: EvalItem) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "id": item.id,
+        "task": task.name,
+        "video": item.video,
+        "question": item.question,
+        "question_type": item.question_type,
+    }
+    if item.start is not None or item.end is not None:
+        rec["start"], rec["end"] = item.start, item.end
+    if item.extra:
+        rec["extra"] = item.extra
+    if task.kind == "mcq":
+        rec.update({"options": item.options, "answer_index": item.answer_index, "answer": item.answer})
+    else:
+        rec["answer"] = item.answer
+    return rec
+
+
+def _video_input(model: Any, item: EvalItem) -> tuple[Any, dict[str, float | None]]:
+    """What to hand the model: the file path with the item's segment bounds, or a frame folder's frames
+    (already cut to the segment) with no bounds."""
+    path = Path(item.video)
+    if not path.exists():
+        raise FileNotFoundError(f"video not found: {path}")
+    if path.is_dir():
+        return _frame_folder(path, item.start, item.end, _max_frames(model)), {}
+    bounds = {"start": item.start, "end": item.end} if item.start is not None or item.end is not None else {}
+    return str(path), bounds
+
+
+def _generate(model: Any, item: EvalItem, message: str, settings: Mapping[str, Any]) -> str:
+    video, bounds = _video_input(model, item)
+    builder = model.get_prompt_builder()
+    builder.add_turn(role="human", message=message)
+    return model.generate(
+        video,
+        builder.get_prompt(),
+        num_frames=settings.get("num_frames"),
+        do_sample=False,
+        max_new_tokens=settings["max_new_tokens"],
+        **bounds,
+    )
+
+
+def predict_item(model: Any, task: EvalTask, item: EvalItem, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the model on one item and return its prediction record.
+
+    An unreadable video gives a record with `status: "skipped"` and the reason; any other error propagates.
+    """
+    rec = _base_record(task, item)
+    try:
+        if task.kind == "mcq":
+            if not item.options:
+                raise ValueError(f"{task.name} item {item.id!r} has no options")
+            if settings["strategy"] == "loglik":
+                video, bounds = _video_input(model, item)
+                nll = [float(x) for x in model.option_nll(video, item.question, list(item.options), **bounds)]
+                if len(nll) != len(item.options):
+                    raise ValueError(f"option_nll returned {len(nll)} scores for {len(item.options)} options")
+                pred = min(range(len(nll)), key=nll.__getitem__)
+                rec.update({"option_nll": nll, "parse_method": "loglik"})
+            else:
+                output = _generate(model, item, build_mcq_prompt(item), settings)
+                parsed = parse_mcq_answer(output, item.options)
+                pred = parsed.index
+                rec.update({"output": output, "parse_method": parsed.method})
+            rec.update(
+                {
+                    "status": "answered" if pred is not None else "unparseable",
+                    "pred_index": pred,
+                    "pred_letter": None if pred is None else LETTERS[pred],
+                    "pred_text": None if pred is None else item.options[pred],
+                    "correct": None if item.answer_index is None else pred == item.answer_index,
+                }
+            )
+        else:
+            rec["pred"] = _generate(model, item, build_openended_prompt(item), settings)
+            rec["status"] = "answered"
+    except _VIDEO_ERRORS as e:
+        log.warning("skipping %s: %s", item.id, e)
+        rec.update({"status": "skipped", "error": str(e)})
+        if task.kind == "mcq":
+            rec.update({"pred_index": None, "correct": None if item.answer_index is None else False})
+        else:
+            rec["pred"] = ""
+    return rec
+
+
+# -------------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class ChunkResult:
+    """Outcome of `run_chunk`.
+
+    Attributes:
+        predictions_file: the chunk's JSON-lines file.
+        records: all records of the chunk, in item order.
+        computed: how many items were predicted by this call (the rest were resumed from the file).
+        skipped: how many items have unreadable videos.
+    """
+
+    predictions_file: Path
+    records: list[dict[str, Any]]
+    computed: int
+    skipped: int
+
+
+def _chunk_meta(task: EvalTask, cfg: EvalConfig, chunk: Sequence[EvalItem]) -> dict[str, Any]:
+    return {
+        "task": task.name,
+        "kind": task.kind,
+        "num_chunks": cfg.num_chunks,
+        "chunk_idx": cfg.chunk_idx,
+        "model_path": cfg.model_path,
+        "settings": decoding_settings(cfg, task),
+        "data": {
+            "question_file": file_identity(cfg.question_file),
+            "answer_file": None if cfg.answer_file is None else file_identity(cfg.answer_file),
+            "video_root": None if cfg.video_root is None else str(Path(cfg.video_root).resolve()),
+        },
+        "limit": cfg.limit,
+        "ids": [it.id for it in chunk],
+    }
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
+    return [k for k in keys if a.get(k) != b.get(k)]
+
+
+def run_chunk(model: Any, cfg: EvalConfig, items: Sequence[EvalItem] | None = None) -> ChunkResult:
+    """Predict this config's chunk, resuming from its predictions file if one exists.
+
+    Each record is appended and flushed as soon as it is computed. Records already in the file are kept
+    (a truncated last line from a killed job is dropped); items whose video was skipped are retried.
+
+    Args:
+        model: an object with `get_prompt_builder`, `generate` and `option_nll` (see `EvaluableModel`).
+        cfg: what to run.
+        items: the task's items if already loaded; read from `cfg` otherwise.
+
+    Raises:
+        ResumeMismatchError: the existing chunk was made with other settings, data or model.
+        SkipRateError: more than `max_skip_rate` of the chunk's videos could not be read.
+    """
+    task = get_task(cfg.task)
+    if items is None:
+        items = task.load(cfg.question_file, cfg.answer_file, cfg.video_root)
+    if cfg.limit is not None:
+        items = items[: cfg.limit]
+    chunk = select_chunk(items, cfg.num_chunks, cfg.chunk_idx)
+    name = run_name(task, cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_file = chunk_path(out, name, cfg.num_chunks, cfg.chunk_idx)
+    meta_file = meta_path(out, name, cfg.num_chunks, cfg.chunk_idx)
+    meta = _chunk_meta(task, cfg, chunk)
+
+    done: dict[str, dict[str, Any]] = {}
+    if pred_file.exists():
+        if meta_file.exists():
+            old = json.loads(meta_file.read_text(encoding="utf-8"))
+            diff = _differences(old, meta, ("task", "num_chunks", "chunk_idx", "model_path", "settings", "data", "ids"))
+            if diff:
+                raise ResumeMismatchError(
+                    f"{pred_file} was produced with different {', '.join(diff)}; "
+                    "delete it (and its .meta.json) or choose another --output_dir"
+                )
+        wanted = {it.id for it in chunk}
+        existing = read_predictions(pred_file, tolerate_truncated_tail=True)
+        kept = [r for r in existing if r.get("id") in wanted and r.get("status") != "skipped"]
+        done = {r["id"]: r for r in kept}
+        # Rewrite without skipped items (to retry them), a line cut off by a kill, or foreign ids, so that
+        # appending continues on a clean line and the file holds each id once.
+        write_jsonl_atomic(pred_file, done.values())
+        log.info("%s: resuming with %d of %d items already done", pred_file, len(done), len(chunk))
+    write_json_atomic(meta_file, meta)
+
+    settings = meta["settings"]
+    computed = 0
+    with open(pred_file, "a", encoding="utf-8") as fh:
+        for item in chunk:
+            if item.id in done:
+                continue
+            rec = predict_item(model, task, item, settings)
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+            done[item.id] = rec
+            computed += 1
+    records = [done[it.id] for it in chunk]
+    skipped = sum(r["status"] == "skipped" for r in records)
+    if skipped:
+        log.warning("%s: %d of %d items skipped (unreadable videos)", pred_file, skipped, len(records))
+    if records and skipped / len(records) > cfg.max_skip_rate:
+        raise SkipRateError(
+            f"{skipped} of {len(records)} videos in chunk {cfg.chunk_idx} could not be read "
+            f"(more than max_skip_rate={cfg.max_skip_rate}); check --video_root. Reasons are in {pred_file}"
+        )
+    return ChunkResult(pred_file, records, computed, skipped)
+
+
+# -------------------------------------------------------------------------------------------------- merging
+
+
+def _chunk_state(output_dir: Path, name: str, num_chunks: int, k: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    mfile, pfile = meta_path(output_dir, name, num_chunks, k), chunk_path(output_dir, name, num_chunks, k)
+    if not mfile.exists() or not pfile.exists():
+        raise MergeError(f"chunk {k} of {num_chunks} has not run: {pfile} is missing")
+    meta = json.loads(mfile.read_text(encoding="utf-8"))
+    return meta, read_predictions(pfile)
+
+
+def merge_chunks(output_dir: str | os.PathLike, name: str, num_chunks: int) -> Path:
+    """Join all chunks of a run by question id into `<name>_pred_merge.jsonl`.
+
+    Args:
+        output_dir: folder holding the chunk files.
+        name: the run's file stem (`run_name`), e.g. "nextqa_naive" or "msvd".
+        num_chunks: how many chunks the run was split into.
+
+    Returns:
+        Path of the merged file (records in original item order).
+
+    Raises:
+        MergeError: a chunk is missing or unfinished (gap), an id occurs twice (within or across chunks),
+            a chunk holds ids it should not, or chunks disagree on settings, data or model.
+    """
+    out = Path(output_dir)
+    metas, merged = [], []
+    owner: dict[str, int] = {}
+    for k in range(num_chunks):
+        meta, records = _chunk_state(out, name, num_chunks, k)
+        if metas:
+            diff = _differences(metas[0], meta, ("task", "model_path", "settings", "data", "limit"))
+            if diff:
+                raise MergeError(
+                    f"chunk {k} differs from chunk 0 in {', '.join(diff)}; rerun it with the same settings"
+                )
+        metas.append(meta)
+        by_id: dict[str, dict[str, Any]] = {}
+        for rec in records:
+            rid = rec.get("id")
+            if rid in by_id:
+                raise MergeError(f"duplicate id {rid!r} in chunk {k} ({chunk_path(out, name, num_chunks, k)})")
+            if rid in owner:
+                raise MergeError(f"duplicate id {rid!r}: present in chunk {owner[rid]} and chunk {k}")
+            by_id[rid] = rec
+            owner[rid] = k
+        expected = meta["ids"]
+        missing = [i for i in expected if i not in by_id]
+        if missing:
+            raise MergeError(
+                f"chunk {k} is unfinished: {len(missing)} of {len(expected)} ids missing (e.g. {missing[:3]}); "
+                f"rerun --chunk_idx {k}"
+            )
+        foreign = sorted(set(by_id) - set(expected))
+        if foreign:
+            raise MergeError(f"chunk {k} holds {len(foreign)} id(s) outside its share (e.g. {foreign[:3]})")
+        merged.extend(by_id[i] for i in expected)
+    path = merged_path(out, name)
+    write_jsonl_atomic(path, merged)
+    write_json_atomic(
+        path.with_suffix(".meta.json"),
+        {
+            **{k: v for k, v in metas[0].items() if k != "ids"},
+            "num_chunks": num_chunks,
+            "chunk_idx": None,
+            "num_items": len(merged),
+        },
+    )
+    log.info("merged %d chunks (%d items) into %s", num_chunks, len(merged), path)
+    return path
+
+
+def all_chunks_finished(output_dir: str | os.PathLike, name: str, num_chunks: int) -> bool:
+    """Whether every chunk's file holds all of its ids (the condition for an automatic merge)."""
+    out = Path(output_dir)
+    for k in range(num_chunks):
+        try:
+            meta, records = _chunk_state(out, name, num_chunks, k)
+        except (MergeError, ValueError):
+            return False
+        if not set(meta["ids"]) <= {r.get("id") for r in records}:
+            return False
+    return True
+
+
+# -------------------------------------------------------------------------------------------------- reports
+
+
+def _accuracy_block(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    labelled = [r for r in records if r.get("answer_index") is not None]
+    answered = [r for r in labelled if r.get("status") == "answered"]
+    correct = sum(bool(r.get("correct")) for r in labelled)
+    return {
+        "total": len(records),
+        "labelled": len(labelled),
+        "answered": sum(r.get("status") == "answered" for r in records),
+        "unparseable": sum(r.get("status") == "unparseable" for r in records),
+        "skipped": sum(r.get("status") == "skipped" for r in records),
+        "correct": correct,
+        # Unparseable and skipped items count as wrong: the model did not pick the right option.
+        "accuracy": correct / len(labelled) if labelled else None,
+        "accuracy_answered": correct / len(answered) if answered else None,
+    }
+
+
+def _group_by(records: Sequence[Mapping[str, Any]], key: Any) -> dict[str, list[Mapping[str, Any]]]:
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        k = key(r)
+        if k is not None:
+            groups.setdefault(str(k), []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def mcq_report(records: Sequence[Mapping[str, Any]], task: EvalTask, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Accuracy report: overall, per question type, per type group and per extra breakdown, with counts.
+
+    Accuracy is over labelled items, counting unparseable and skipped items as wrong; `accuracy_answered`
+    leaves them out.
+    """
+    overall = _accuracy_block(records)
+    report: dict[str, Any] = {
+        "task": task.name,
+        "kind": task.kind,
+        "model_path": meta.get("model_path"),
+        "data": meta.get("data"),
+        "settings": meta.get("settings"),
+        "accuracy": overall["accuracy"],
+        "counts": {k: v for k, v in overall.items() if not k.startswith("accuracy")},
+        "accuracy_answered": overall["accuracy_answered"],
+    }
+    by_type = _group_by(records, lambda r: r.get("question_type"))
+    if by_type:
+        report["per_type"] = {type_label(k, task.type_names): _accuracy_block(v) for k, v in by_type.items()}
+    if task.type_groups:
+        report["per_group"] = {
+            g: _accuracy_block([r for r in records if r.get("question_type") in codes])
+            for g, codes in task.type_groups.items()
+        }
+    for key in task.breakdowns:
+        groups = _group_by(records, lambda r, key=key: (r.get("extra") or {}).get(key))
+        if groups:
+            report.setdefault("breakdowns", {})[key] = {k: _accuracy_block(v) for k, v in groups.items()}
+    return report
+
+
+def openended_report(records: Sequence[Mapping[str, Any]], task: EvalTask, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Counts and the string-match metric (exact match, token F1) of open-ended predictions.
+
+    The LLM-judge scores are added by `scripts/eval_gpt.py` / `merv.eval.judge`.
+    """
+    return {
+        "task": task.name,
+        "kind": task.kind,
+        "model_path": meta.get("model_path"),
+        "data": meta.get("data"),
+        "settings": meta.get("settings"),
+        "counts": {
+            "total": len(records),
+            "answered": sum(r.get("status") == "answered" for r in records),
+            "skipped": sum(r.get("status") == "skipped" for r in records),
+        },
+        "string_match": string_match_report(records, task.type_names),
+    }
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    """One line for the console: the headline metric and the counts."""
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.2f}%"
+
+    counts = report.get("counts", {})
+    head = f"{report.get('task')}"
+    settings = report.get("settings") or {}
+    if settings.get("strategy"):
+        head += f" [{settings['strategy']}]"
+    if report.get("kind") == "mcq":
+        return (
+            f"{head}: accuracy {pct(report.get('accuracy'))} ({counts.get('correct')}/{counts.get('labelled')}) | "
+            f"answered {counts.get('answered')}, unparseable {counts.get('unparseable')}, skipped {counts.get('skipped')}"
+        )
+    parts = [f"{head}:"]
+    judge = report.get("judge")
+    if judge:
+        parts.append(
+            f"judge accuracy {pct(judge.get('accuracy'))}, mean score "
+            f"{'n/a' if judge.get('mean_score') is None else format(judge['mean_score'], '.3f')}, "
+            f"judge failures {judge.get('failed')} |"
+        )
+    sm = report.get("string_match") or {}
+    parts.append(f"exact match {pct(sm.get('exact_match'))}, F1 {pct(sm.get('f1'))} |")
+    parts.append(f"total {counts.get('total', sm.get('total'))}, skipped {counts.get('skipped', sm.get('skipped'))}")
+    return " ".join(parts)
+
+
+def write_report(output_dir: str | os.PathLike, name: str, task: EvalTask | None = None) -> dict[str, Any]:
+    """Build and write the report of a merged run; returns it (with `report_file` and `predictions_file`)."""
+    path = merged_path(output_dir, name)
+    meta = json.loads(path.with_suffix(".meta.json").read_text(encoding="utf-8"))
+    task = task or get_task(meta["task"])
+    records = read_predictions(path)
+    report = mcq_report(records, task, meta) if task.kind == "mcq" else openended_report(records, task, meta)
+    report["predictions_file"] = str(path.resolve())
+    rpath = report_path(output_dir, name)
+    report["report_file"] = str(rpath.resolve())
+    write_json_atomic(rpath, report)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------ top level
+
+
+@dataclass
+class EvalOutcome:
+    """What `evaluate` did.
+
+    Attributes:
+        chunk: the chunk's result.
+        merged_file: merged predictions, when every chunk has finished.
+        report: the report, when merged.
+    """
+
+    chunk: ChunkResult
+    merged_file: Path | None = None
+    report: dict[str, Any] | None = field(default=None)
+
+
+def evaluate(model: Any, cfg: EvalConfig, items: Sequence[EvalItem] | None = None) -> EvalOutcome:
+    """Run one chunk; if it was the last one to finish, merge all chunks and write the report.
+
+    Args:
+        model: the model (see `EvaluableModel`).
+        cfg: the run.
+        items: preloaded items (else read from `cfg`).
+    """
+    task = get_task(cfg.task)
+    result = run_chunk(model, cfg, items)
+    name = run_name(task, cfg)
+    outcome = EvalOutcome(result)
+    if all_chunks_finished(cfg.output_dir, name, cfg.num_chunks):
+        outcome.merged_file = merge_chunks(cfg.output_dir, name, cfg.num_chunks)
+        outcome.report = write_report(cfg.output_dir, name, task)
+    else:
+        log.info("chunk %d of %d done; merging waits for the other chunks", cfg.chunk_idx, cfg.num_chunks)
+    return outcome
+
+
+def config_dict(cfg: EvalConfig) -> dict[str, Any]:
+    """`EvalConfig` as plain JSON types."""
+    return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(cfg).items()}

@@ -1,0 +1,24 @@
+#!/usr/bin/env python
+"""Judge open-ended predictions (Video-ChatGPT protocol: yes/no + 0-5 score) and write a report.
+
+Example:
+    OPENAI_API_KEY=... python scripts/eval_gpt.py --pred_path eval_result/m/msvd_pred_merge.jsonl \
+        --output_file eval_result/m/msvd_gpt.json --judge openai --model gpt-4o-mini --concurrency 8
+
+`--judge local --model DIR` uses a local Hugging Face causal LM; `--judge match` computes exact match and
+token F1 only. Verdicts are cached (`--cache_dir`), so a rerun only pays for items not judged before.
+"""
+
+import logging
+
+from merv.eval.cli import gpt_main
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(gpt_main())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""Evaluate a saved VideoLM on an open-ended video QA benchmark (MSVD, MSRVTT, TGIF, ActivityNet-QA).
+
+Example:
+    python scripts/eval_openended.py --model_path runs/my-model --eval_dataset msvd \
+        --filename_question data/msvd/test_q.json --filename_answer data/msvd/test_a.json \
+        --video_root data/msvd/videos --num_chunks 2 --chunk_idx 0 \
+        --judge openai --judge_model gpt-4o-mini --base_url https://api.openai.com/v1
+
+Predictions follow the `{id, question, answer, pred}` convention, so `scripts/eval_gpt.py` can judge them
+later. Without `--judge`, the report holds the string-match metric (exact match, token F1) only.
+"""
+
+import logging
+
+from merv.eval.cli import openended_main
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = openended_main()
+    print(summary if summary is not None else "chunk finished; the report is written once every chunk has finished")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
