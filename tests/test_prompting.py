@@ -127,3 +127,32 @@ def test_malformed_conversations_raise_clear_errors(conv, match):
     proc = processor(build_tiny_tokenizer(), "merv")
     with pytest.raises(ValueError, match=match):
         proc.encode(conv, has_video=False)
+
+
+def test_several_videos_fill_their_tags_in_order():
+    model = VideoLM(VideoLMConfig.tiny())
+    videos = [torch.full((6, 16, 16, 3), v, dtype=torch.uint8) for v in (0, 128, 255)]
+    conv = [
+        {"from": "human", "value": "Example: <video> is dark. Example: <video> is grey. Now <video>?"},
+        {"from": "gpt", "value": "bright"},
+    ]
+    batch = model.prepare_batch([{"video": videos, "conversations": conv}, sample_one(videos[2])])
+    assert [p.shape[0] for p in batch["pixel_values"]] == [4, 4]
+    assert int(batch["video_mask"][0].sum()) == 3 * model.num_visual_tokens
+    assert torch.isfinite(model(**batch).loss)
+    # The third video of the first sample and the only video of the second are the same pixels.
+    torch.testing.assert_close(batch["pixel_values"][0][2], batch["pixel_values"][0][3])
+    text = model.generate(videos, "In: <video> <video> <video>?\nOut: ", max_new_tokens=3)
+    assert isinstance(text, str)
+
+
+def sample_one(video):
+    return {"video": video, "conversations": CONV[:2]}
+
+
+def test_tag_count_must_match_the_number_of_videos():
+    proc = processor(build_tiny_tokenizer(), "merv")
+    with pytest.raises(ValueError, match="2 <video> tags for 1 videos"):
+        proc.encode([{"from": "human", "value": "<video> and <video>"}, {"from": "gpt", "value": "x"}], has_video=1)
+    with pytest.raises(ValueError, match="1 <video> tags for 0 videos"):
+        proc.encode(CONV[:2], has_video=False)

@@ -77,7 +77,7 @@ class VideoLMProcessor:
 
     # ---- text ----------------------------------------------------------------------------------
 
-    def _tokenize_segments(self, segments: list[Segment], has_video: bool) -> dict[str, torch.Tensor]:
+    def _tokenize_segments(self, segments: list[Segment], num_videos: int) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         ids: list[int] = []
         labels: list[int] = []
@@ -89,20 +89,19 @@ class VideoLMProcessor:
             video.extend([is_video] * len(token_ids))
 
         placeholder = [tok.pad_token_id] * self.num_visual_tokens
+        tags = sum(s.text.count(VIDEO_TOKEN) for s in segments)
+        if tags != num_videos and not (tags == 0 and num_videos == 1):
+            raise ValueError(f"the conversation has {tags} {VIDEO_TOKEN} tags for {num_videos} videos")
         if self.prompt_format.adds_bos and tok.bos_token_id is not None:
             add([tok.bos_token_id], target=False)
-        tagged = any(VIDEO_TOKEN in s.text for s in segments)
-        if has_video and not tagged:
-            add(placeholder, target=False, is_video=True)
+        if tags == 0 and num_videos == 1:
+            add(placeholder, target=False, is_video=True)  # untagged single video: right after BOS
         for seg in segments:
-            pieces = seg.text.split(VIDEO_TOKEN)
-            for i, piece in enumerate(pieces):
-                if i > 0 and has_video:
+            for i, piece in enumerate(seg.text.split(VIDEO_TOKEN)):
+                if i > 0:
                     add(placeholder, target=False, is_video=True)
                 if piece:
                     add(tok(piece, add_special_tokens=False)["input_ids"], seg.target)
-        if sum(video) > (self.num_visual_tokens if has_video else 0):
-            raise ValueError(f"a conversation may hold one {VIDEO_TOKEN} tag")
         if len(ids) > self.max_length:
             if any(video[self.max_length :]):
                 raise ValueError(f"sequence of {len(ids)} tokens cannot be cut to max_length={self.max_length}")
@@ -113,10 +112,11 @@ class VideoLMProcessor:
             "video_mask": torch.tensor(video, dtype=torch.bool),
         }
 
-    def encode(self, conversations: Sequence[dict[str, str]], has_video: bool) -> dict[str, torch.Tensor]:
+    def encode(self, conversations: Sequence[dict[str, str]], has_video: bool | int) -> dict[str, torch.Tensor]:
         """LLaVA-style turns (`{"from": "human"|"gpt", "value": ...}`) → `input_ids`, `labels`, `video_mask`.
 
-        Labels are -100 everywhere except the assistant answers and their end-of-turn token.
+        Labels are -100 everywhere except the assistant answers and their end-of-turn token. `has_video` is
+        the number of videos (a bool for one or none); each `<video>` tag takes the next one in order.
         """
         turns = []
         for i, turn in enumerate(conversations):
@@ -126,30 +126,50 @@ class VideoLMProcessor:
                 raise ValueError(f"conversation turn {i}: {e}") from None
         if not turns or turns[-1][0] != GPT:
             raise ValueError("a training conversation must end with a gpt turn")
-        return self._tokenize_segments(self.prompt_format.segments(turns), has_video)
+        return self._tokenize_segments(self.prompt_format.segments(turns), int(has_video))
 
-    def encode_prompt(self, prompt_text: str, has_video: bool = True) -> dict[str, torch.Tensor]:
+    def encode_prompt(self, prompt_text: str, has_video: bool | int = True) -> dict[str, torch.Tensor]:
         """Already-rendered prompt text (from `PromptBuilder.get_prompt()`) → ids and video mask."""
-        return self._tokenize_segments([Segment(prompt_text, target=False)], has_video)
-
-    def encode_turns(self, turns: Sequence[tuple[str, str]], has_video: bool = True) -> dict[str, torch.Tensor]:
-        """`(role, message)` turns ending with a human turn → a generation prompt."""
-        return self._tokenize_segments(self.prompt_format.segments(list(turns), add_generation_prompt=True), has_video)
+        return self._tokenize_segments([Segment(prompt_text, target=False)], int(has_video))
 
     # ---- batching ------------------------------------------------------------------------------
 
+    def videos_pixels(self, video, start: float | None = None, end: float | None = None) -> list[torch.Tensor] | None:
+        """Pixels for a sample's `video` field: None, one video, or a list of videos (several `<video>` tags,
+        e.g. few-shot exemplars); a list entry may be a dict `{"video", "start", "end"}` with its own bounds.
+
+        Returns one tensor per encoder, `(T_e, 3, S, S)` for one video or `(V, T_e, 3, S, S)` for a list.
+        """
+        if video is None:
+            return None
+        if not isinstance(video, (list, tuple)):
+            return self.preprocess(video, start, end)
+        per_video = []
+        for v in video:
+            if isinstance(v, dict):
+                per_video.append(self.preprocess(v["video"], v.get("start"), v.get("end")))
+            else:
+                per_video.append(self.preprocess(v, start, end))
+        return [torch.stack(px) for px in zip(*per_video)]
+
+    @staticmethod
+    def num_videos(video) -> int:
+        if video is None:
+            return 0
+        return len(video) if isinstance(video, (list, tuple)) else 1
+
     def item(self, sample: dict[str, Any]) -> dict[str, Any]:
-        """A sample dict (`video` path/frames or None, `conversations`, optional `start`/`end`) → an item."""
+        """A sample dict (`video` path/frames/list or None, `conversations`, optional `start`/`end`) → an item."""
         video = sample.get("video")
-        item = self.encode(sample["conversations"], has_video=video is not None)
-        item["pixel_values"] = None if video is None else self.preprocess(video, sample.get("start"), sample.get("end"))
+        item = self.encode(sample["conversations"], has_video=self.num_videos(video))
+        item["pixel_values"] = self.videos_pixels(video, sample.get("start"), sample.get("end"))
         return item
 
     def collate(self, items: Sequence[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
         """Pad items to the longest sequence; stack pixels of the samples that have a video.
 
         `pixel_values` is a list with one `(B_v, T_e, 3, S_e, S_e)` tensor per encoder, B_v being the
-        number of samples with a video, in batch order (None when no sample has one).
+        number of videos in the batch, in order (None when no sample has one).
         """
         if not items:
             raise ValueError("cannot collate an empty list of items")
@@ -168,7 +188,12 @@ class VideoLMProcessor:
         if all("labels" in it for it in items):
             batch["labels"] = torch.stack([pad(it["labels"], IGNORE_INDEX) for it in items])
         with_video = [it["pixel_values"] for it in items if it.get("pixel_values") is not None]
-        batch["pixel_values"] = [torch.stack(px) for px in zip(*with_video)] if with_video else None
+        # An item holds `(T_e, 3, S, S)` for one video or `(V, T_e, 3, S, S)` for several.
+        batch["pixel_values"] = (
+            [torch.cat([p if p.ndim == 5 else p.unsqueeze(0) for p in px]) for px in zip(*with_video)]
+            if with_video
+            else None
+        )
         return batch
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -285,8 +285,9 @@ class VideoLM(nn.Module):
         """Answer a prompt about a video (MERV's quick-start signature).
 
         Args:
-            video: a video file path or `(T, H, W, 3)` uint8 frames, None for text only, or a list of
-                these (then `prompt_text` is a list of the same length and a list is returned).
+            video: a video file path or `(T, H, W, 3)` uint8 frames, None for text only, or a list of videos
+                for a prompt with several `<video>` tags. With a list of prompts, a list with one such entry
+                per prompt (and a list of answers is returned).
             prompt_text: text from `get_prompt_builder().get_prompt()`.
             num_frames: optional per-encoder frame counts; must match the model's.
             start, end: optional clip bounds in seconds.
@@ -299,8 +300,8 @@ class VideoLM(nn.Module):
             raise ValueError(f"got {len(videos)} videos for {len(prompts)} prompts")
         items = []
         for v, p in zip(videos, prompts):
-            item = self.processor.encode_prompt(p, has_video=v is not None)
-            item["pixel_values"] = None if v is None else self.processor.preprocess(v, start, end)
+            item = self.processor.encode_prompt(p, has_video=self.processor.num_videos(v))
+            item["pixel_values"] = self.processor.videos_pixels(v, start, end)
             items.append(item)
         batch = self.processor.collate(items, padding_side="left")  # generation appends on the right
         embeds, _ = self.embed_inputs(batch["input_ids"].to(self.device), batch["video_mask"].to(self.device),
@@ -312,7 +313,9 @@ class VideoLM(nn.Module):
         return texts[0] if single else texts
 
     @torch.no_grad()
-    def option_nll(self, video, question: str, options: list[str]) -> list[float]:
+    def option_nll(
+        self, video, question: str, options: list[str], start: float | None = None, end: float | None = None
+    ) -> list[float]:
         """Mean negative log-likelihood of each option as the answer to `question` (lower = more likely).
 
         The video is encoded once and shared by all options; the question should not list the options,
@@ -329,7 +332,7 @@ class VideoLM(nn.Module):
         batch = self.processor.collate(items)
         aligned = None
         if has_video:
-            pixels = [p.unsqueeze(0) for p in self.processor.preprocess(video)]
+            pixels = [p.unsqueeze(0) for p in self.processor.preprocess(video, start, end)]
             aligned = [a.expand(len(options), *a.shape[1:]) for a in self.encode_aligned(pixels)]
         out = self(
             input_ids=batch["input_ids"].to(self.device),
