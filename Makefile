@@ -23,7 +23,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
 demo: setup
-	$(PY) scripts/quickstart.py
+	$(PY) scripts/demo.py
 
 lint: setup
 	$(VENV)/bin/ruff check merv tests scripts benchmarks

@@ -1,0 +1,33 @@
+"""Command line: `python -m merv.cli fit|validate|test|predict --config a.yaml [--config b.yaml] [--x.y v]`."""
+
+from __future__ import annotations
+
+import os
+
+from lightning.pytorch.cli import LightningCLI
+
+from merv.lit import MERVDataModule, MERVLitModule
+
+
+class MERVCLI(LightningCLI):
+    """LightningCLI with MERV's module and data module; later configs and flags override earlier ones."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # Shuffling follows the run's seed, so one number makes a run reproducible.
+        parser.link_arguments("seed_everything", "data.seed")
+
+
+def main(args: list[str] | None = None) -> MERVCLI:
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    return MERVCLI(
+        MERVLitModule,
+        MERVDataModule,
+        # Requeued SLURM jobs write into the same run dir.
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,941 @@
+"""Caches that take work off the training loop: frozen-encoder features, preprocessed pixels, exemplars.
+
+* `FeatureCache`: each encoder's aligned, pre-projection features (`VideoLM.encode_aligned` output) per video,
+  one safetensors file per (encoder namespace, video clip). `build_feature_cache` fills it, sharded over
+  ranks; `CachedFeatureDataset` trains from it and `fill_missing_features` encodes the samples it lacks.
+* `VideoTensorCache`: per-encoder pixel tensors (`processor.pixels` output) for repeated evaluation.
+* `LRUCache`: a small in-memory cache, e.g. for few-shot exemplars reused by every question.
+
+Layout of a feature cache::
+
+    ROOT/<encoder id>-<key digest>/meta.json                    the namespace's key, human-readable
+    ROOT/<encoder id>-<key digest>/<ab>/<clip digest>.safetensors  one tensor `features` (T, tokens_per_frame, D)
+
+The namespace digest covers everything that changes an encoder's output (id, weights identity, frame count,
+resolution, layer, alignment grid); the clip digest covers the resolved video path and the clip bounds. The
+video's size and modification time live in each entry's metadata, so a rewritten video makes its entries
+stale (detected and rebuilt) instead of orphaning them. Entries are written to a temporary file and moved
+into place with `os.replace`, so readers never see half a file and parallel builds never collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+from merv.data.dataset import Processor, SkippedSample, VideoTextDataset
+from merv.data.video import VideoDecodeError, read_frames
+
+if TYPE_CHECKING:
+    from merv.models.encoders.base import FrameSpec, VisionEncoder
+    from merv.models.vidlm import VideoLM
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = "merv-cache/1"
+"""Written into every entry and namespace; bump it when sampling, alignment or the layout change."""
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""Storage dtypes by name (the `--dtype` choices of `python -m merv.cache build`)."""
+
+OnMiss = Literal["encode", "error"]
+_MAX_MISS_WARNINGS = 10  # per dataset copy (i.e. per DataLoader worker); the rest go to DEBUG
+
+
+class CorruptCacheEntryError(RuntimeError):
+    """A cache file exists but cannot be trusted (truncated, garbage, wrong shape, checksum mismatch).
+
+    Args:
+        path: the entry file.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"corrupt cache entry '{self.path}': {reason}")
+
+    def __reduce__(self):
+        # Picklable with its arguments, so it crosses DataLoader worker boundaries intact.
+        return (type(self), (self.path, self.reason))
+
+
+class FeatureCacheMissError(RuntimeError):
+    """A sample has no valid feature-cache entry and the dataset was told not to encode it live."""
+
+
+# ---- identities ---------------------------------------------------------------------------------
+
+
+def _digest(value: Any, length: int = 16) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def _clip_bound(value: Any) -> float | None:
+    # 1 and 1.0 are the same bound: normalise before hashing.
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class VideoIdentity:
+    """Which bytes a cache entry was computed from: resolved path, size, modification time and clip bounds."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    start: float | None = None
+    end: float | None = None
+
+    @classmethod
+    def of(cls, video: str | os.PathLike, start: float | None = None, end: float | None = None) -> VideoIdentity:
+        """Stat a video file now.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+        """
+        path = os.path.realpath(os.fspath(video))
+        st = os.stat(path)
+        return cls(path, st.st_size, st.st_mtime_ns, _clip_bound(start), _clip_bound(end))
+
+    @property
+    def clip_digest(self) -> str:
+        """Names the entry file: path and clip only, so a changed file maps to the same (then stale) entry."""
+        return _digest([self.path, self.start, self.end], 32)
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "video": self.path,
+            "size": str(self.size),
+            "mtime_ns": str(self.mtime_ns),
+            "start": json.dumps(self.start),
+            "end": json.dumps(self.end),
+        }
+
+    def mismatch(self, metadata: Mapping[str, str]) -> str | None:
+        """Why an entry's metadata does not describe this video now (None when it does)."""
+        if (
+            metadata.get("video") != self.path
+            or metadata.get("start") != json.dumps(self.start)
+            or (metadata.get("end") != json.dumps(self.end))
+        ):
+            return f"the entry belongs to {metadata.get('video')!r} [{metadata.get('start')}, {metadata.get('end')}]"
+        if metadata.get("size") != str(self.size):
+            return f"the video changed since the entry was built (size {metadata.get('size')} -> {self.size} bytes)"
+        if metadata.get("mtime_ns") != str(self.mtime_ns):
+            return (
+                f"the video changed since the entry was built (mtime_ns {metadata.get('mtime_ns')} -> {self.mtime_ns})"
+            )
+        return None
+
+
+def weights_identity(encoder: VisionEncoder) -> str:
+    """`pretrained:<source>` for named weights, else a SHA-256 over the encoder's state dict.
+
+    Random-init encoders have no name, so their content is hashed: features built by one run are only
+    reused by a run whose encoder holds exactly the same values (same seed and init, same dtype).
+    """
+    if encoder.pretrained is not None:
+        return f"pretrained:{encoder.pretrained}"
+    h = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{h.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class EncoderKey:
+    """Everything that determines one encoder's aligned features for a given clip."""
+
+    encoder_id: str
+    weights: str
+    """`weights_identity` of the encoder."""
+    num_frames: int
+    image_size: int
+    layer: int
+    temporal_tokens: int
+    """T of the alignment grid."""
+    tokens_per_frame: int
+    embed_dim: int
+    """D of the stored features (fixed by the id; kept to check entry shapes)."""
+
+    @classmethod
+    def of(cls, encoder: VisionEncoder, temporal_tokens: int, tokens_per_frame: int) -> EncoderKey:
+        return cls(
+            encoder_id=encoder.encoder_id,
+            weights=weights_identity(encoder),
+            num_frames=encoder.num_frames,
+            image_size=encoder.image_size,
+            layer=encoder.layer,
+            temporal_tokens=temporal_tokens,
+            tokens_per_frame=tokens_per_frame,
+            embed_dim=encoder.embed_dim,
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape of one video's features: `(T, tokens_per_frame, D)`."""
+        return self.temporal_tokens, self.tokens_per_frame, self.embed_dim
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+
+    @property
+    def namespace(self) -> str:
+        """Directory name: readable id plus a digest of the whole key."""
+        return f"{self.encoder_id}-{_digest(self.to_json())}"
+
+
+def aligned_temporal_tokens(encoders: Sequence[VisionEncoder], temporal_tokens: int | None) -> int:
+    """The common T `VideoLM` aligns to: the configured value, else the smallest encoder T'."""
+    return temporal_tokens or min(e.temporal_tokens for e in encoders)
+
+
+def encoder_keys(
+    encoders: Sequence[VisionEncoder], temporal_tokens: int | None, tokens_per_frame: int
+) -> list[EncoderKey]:
+    """One key per encoder for a model with these encoders and alignment settings."""
+    t = aligned_temporal_tokens(encoders, temporal_tokens)
+    return [EncoderKey.of(e, t, tokens_per_frame) for e in encoders]
+
+
+# ---- entry files --------------------------------------------------------------------------------
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _crc(tensor: torch.Tensor) -> str:
+    return f"{zlib.crc32(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()):08x}"
+
+
+def _write_entry(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Write a safetensors file atomically: a unique temp file in the same folder, then `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {"format": FORMAT_VERSION, **metadata}
+    meta.update({f"crc32:{k}": _crc(v) for k, v in tensors.items()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read_entry(path: Path, names: Sequence[str] | None) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and (unless `names` is None) the named tensors, checksums verified.
+
+    Raises:
+        FileNotFoundError: no entry.
+        CorruptCacheEntryError: the file is not a readable entry of this format.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            if meta.get("format") != FORMAT_VERSION:
+                raise CorruptCacheEntryError(path, f"format {meta.get('format')!r}, expected {FORMAT_VERSION!r}")
+            tensors = {}
+            available = set(f.keys())
+            for name in names or ():
+                if name not in available:
+                    raise CorruptCacheEntryError(path, f"no tensor {name!r}")
+                tensors[name] = f.get_tensor(name)
+    except (FileNotFoundError, CorruptCacheEntryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever fails to parse (SafetensorError, OSError, ...) is untrustworthy
+        raise CorruptCacheEntryError(path, f"{type(e).__name__}: {e}") from None
+    for name, t in tensors.items():
+        if meta.get(f"crc32:{name}") != _crc(t):
+            raise CorruptCacheEntryError(path, f"checksum mismatch for tensor {name!r}")
+    return meta, tensors
+
+
+# ---- feature cache ------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheLookup:
+    """Outcome of looking a clip up for every encoder.
+
+    `status` is `hit` (every encoder has a valid entry; `features` holds one `(T, tokens_per_frame, D)`
+    tensor per encoder), `missing` (some entry does not exist) or `stale` (some entry was built from
+    other bytes). `missing_encoders` lists the encoder indices that need building.
+    """
+
+    status: Literal["hit", "missing", "stale"]
+    features: list[torch.Tensor] | None = None
+    reason: str = ""
+    missing_encoders: list[int] = field(default_factory=list)
+
+
+class FeatureCache:
+    """Aligned frozen-encoder features on disk, one namespace per `EncoderKey`.
+
+    Args:
+        root: cache folder (created on first write).
+        keys: one key per encoder of the model, in the model's encoder order.
+    """
+
+    def __init__(self, root: str | os.PathLike, keys: Sequence[EncoderKey]) -> None:
+        self.root = Path(root)
+        self.keys = list(keys)
+        if not self.keys:
+            raise ValueError("a feature cache needs at least one encoder key")
+
+    @classmethod
+    def for_model(cls, root: str | os.PathLike, model: VideoLM) -> FeatureCache:
+        """The cache entries `model.encode_aligned` would produce (keys from its encoders and alignment)."""
+        return cls(root, encoder_keys(model.encoders, model.temporal_tokens, model.config.tokens_per_frame))
+
+    def namespace_dir(self, index: int) -> Path:
+        return self.root / self.keys[index].namespace
+
+    def entry_path(self, index: int, video: VideoIdentity) -> Path:
+        digest = video.clip_digest
+        return self.namespace_dir(index) / digest[:2] / f"{digest}.safetensors"
+
+    def missing_namespaces(self) -> list[str]:
+        """Encoder ids whose namespace folder does not exist (nothing was ever built for them)."""
+        return [k.encoder_id for i, k in enumerate(self.keys) if not self.namespace_dir(i).is_dir()]
+
+    def write_namespace_meta(self) -> None:
+        """Record each namespace's key in `meta.json` (for people browsing the cache; reads do not need it)."""
+        for i, key in enumerate(self.keys):
+            path = self.namespace_dir(i) / "meta.json"
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".meta.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+                tmp.write_text(json.dumps(json.loads(key.to_json()), indent=2) + "\n")
+                os.replace(tmp, path)
+
+    def check(
+        self, index: int, video: VideoIdentity, *, dtype: torch.dtype | None = None
+    ) -> tuple[Literal["hit", "missing", "stale", "corrupt"], torch.Tensor | None, str]:
+        """Read and verify one encoder's entry for a clip.
+
+        Args:
+            index: encoder index.
+            video: the clip's identity, taken now (`VideoIdentity.of`).
+            dtype: also count an entry stored in another dtype as stale (a build asking for that dtype).
+
+        Returns:
+            `(status, features, reason)`: `hit` with the `(T, tokens_per_frame, D)` features, or `missing`,
+            `stale` (built from other bytes or another key) or `corrupt` (unreadable, wrong shape or
+            checksum) with the reason in words (for `corrupt`, the entry path is `entry_path(index, video)`).
+        """
+        key = self.keys[index]
+        path = self.entry_path(index, video)
+        try:
+            meta, tensors = _read_entry(path, ["features"])
+        except FileNotFoundError:
+            return "missing", None, f"{key.encoder_id}: no entry"
+        except CorruptCacheEntryError as e:
+            return "corrupt", None, e.reason
+        why = "the entry was built for another encoder key" if meta.get("encoder_key") != key.to_json() else None
+        why = why or video.mismatch(meta)
+        stored = meta.get("dtype")
+        if why is None and dtype is not None and stored != _dtype_name(dtype):
+            why = f"stored as {stored}, building {_dtype_name(dtype)}"
+        if why is not None:
+            return "stale", None, f"{key.encoder_id}: {why}"
+        features = tensors["features"]
+        if tuple(features.shape) != key.shape:
+            return "corrupt", None, f"features have shape {tuple(features.shape)}, expected {key.shape}"
+        if _dtype_name(features.dtype) != stored:
+            return "corrupt", None, f"features are {_dtype_name(features.dtype)}, the metadata says {stored}"
+        return "hit", features, ""
+
+    def lookup(self, video: VideoIdentity) -> CacheLookup:
+        """Read every encoder's entry for a clip (training).
+
+        Raises:
+            CorruptCacheEntryError: an entry exists but is unreadable, has the wrong shape or checksum.
+        """
+        features: list[torch.Tensor] = []
+        missing, stale, reasons = [], [], []
+        for i in range(len(self.keys)):
+            status, feats, reason = self.check(i, video)
+            if status == "corrupt":
+                raise CorruptCacheEntryError(self.entry_path(i, video), reason)
+            if status == "hit":
+                features.append(feats)
+                continue
+            (missing if status == "missing" else stale).append(i)
+            reasons.append(reason)
+        if missing or stale:
+            return CacheLookup("missing" if missing else "stale", None, "; ".join(reasons), sorted(missing + stale))
+        return CacheLookup("hit", features)
+
+    def write(self, index: int, video: VideoIdentity, features: torch.Tensor) -> Path:
+        """Store one encoder's `(T, tokens_per_frame, D)` features for a clip (atomically)."""
+        key = self.keys[index]
+        if tuple(features.shape) != key.shape:
+            raise ValueError(f"{key.encoder_id}: features of shape {tuple(features.shape)}, expected {key.shape}")
+        path = self.entry_path(index, video)
+        meta = {"encoder_key": key.to_json(), "dtype": _dtype_name(features.dtype), **video.metadata()}
+        _write_entry(path, {"features": features}, meta)
+        return path
+
+
+# ---- building -----------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildStats:
+    """Counts of one (rank's) build.
+
+    Each of the `videos` distinct clips is a hit, a miss (`missing` or `stale`), or a video file that does not
+    exist (`failed` only); misses whose video cannot be decoded also count in `failed`.
+    """
+
+    videos: int = 0
+    hits: int = 0
+    missing: int = 0
+    stale: int = 0
+    built: int = 0
+    """Clips whose entries were written."""
+    failed: int = 0
+    """Clips whose video could not be decoded (nothing written)."""
+    corrupt: int = 0
+    """Entries found unreadable; they are rebuilt (and counted in `stale` too)."""
+    entries_written: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def misses(self) -> int:
+        return self.missing + self.stale
+
+    def summary(self) -> str:
+        return (
+            f"rank {self.rank}/{self.world_size}: {self.videos} videos, {self.hits} hits, {self.misses} misses "
+            f"({self.stale} stale, {self.corrupt} corrupt), {self.built} built, {self.failed} failed"
+        )
+
+
+class _PixelJobs(Dataset):
+    """Decodes clips once and transforms them for every encoder (DataLoader workers do the work)."""
+
+    def __init__(
+        self,
+        jobs: Sequence[VideoIdentity],
+        specs: Sequence[FrameSpec],
+        backend: str | None,
+        timeout: float | None,
+    ) -> None:
+        self.jobs = list(jobs)
+        self.specs = list(specs)
+        self.backend = backend
+        self.timeout = timeout
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> tuple[int, list[torch.Tensor]] | SkippedSample:
+        job = self.jobs[index]
+        counts = [s.num_frames for s in self.specs]
+        try:
+            frames = read_frames(
+                job.path, counts, start=job.start, end=job.end, backend=self.backend, timeout=self.timeout
+            )
+        except VideoDecodeError as e:
+            logger.warning("cannot build features for '%s': %s", job.path, e.reason)
+            return SkippedSample(index, e.path, e.reason)
+        return index, [spec.transform(f) for spec, f in zip(self.specs, frames)]
+
+
+def _collate_jobs(items):
+    return items
+
+
+Clip = tuple[str, float | None, float | None]
+
+
+def record_clips(record: Mapping[str, Any]) -> list[Clip]:
+    """The `(path, start, end)` clips of a record's `video` field, as the processor reads it.
+
+    `video` is None (no clip), one path (bounds from the record's `start`/`end`), or a list for several
+    `<video>` tags, whose entries are paths (the record's bounds) or `{"video", "start", "end"}` dicts.
+    """
+    video = record.get("video")
+    if video is None:
+        return []
+    clips = []
+    for v in video if isinstance(video, (list, tuple)) else [video]:
+        if isinstance(v, Mapping):
+            clips.append((os.fspath(v["video"]), v.get("start"), v.get("end")))
+        else:
+            clips.append((os.fspath(v), record.get("start"), record.get("end")))
+    return clips
+
+
+def dedupe_clips(records: Sequence[Mapping[str, Any]]) -> list[Clip]:
+    """Distinct clips (resolved path, start, end) of all records, in first-seen order."""
+    seen: dict[Clip, None] = {}
+    for r in records:
+        for path, start, end in record_clips(r):
+            seen.setdefault((os.path.realpath(path), _clip_bound(start), _clip_bound(end)), None)
+    return list(seen)
+
+
+def build_feature_cache(
+    records: Sequence[Mapping[str, Any]],
+    encoders: Sequence[VisionEncoder],
+    root: str | os.PathLike,
+    *,
+    temporal_tokens: int | None = None,
+    tokens_per_frame: int,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    overwrite: bool = False,
+    backend: str | None = None,
+    decode_timeout: float | None = 60.0,
+    progress: bool = True,
+) -> BuildStats:
+    """Encode every distinct clip of `records` once per encoder and store the aligned features.
+
+    Clips are sorted and sharded round-robin over `world_size` ranks, so parallel processes (one per GPU)
+    split the work without talking to each other. Entries that are already valid are left alone (hits);
+    missing, stale and corrupt ones are built. Existing entries are read back and checksummed, so a build
+    also repairs damaged files. Only the encoders whose entry is invalid run for a clip, so adding an encoder
+    to a model only encodes with the new one.
+
+    Args:
+        records: annotation records (`video` a path or a list of clips, see `record_clips`; optional
+            `start`/`end` seconds); text-only records are ignored.
+        encoders: the model's frozen encoders, in its order (the same weights training will use); they are
+            moved to `device` and put in eval mode.
+        root: cache folder.
+        temporal_tokens: the model's `temporal_tokens` setting (None: smallest encoder T').
+        tokens_per_frame: the model's `tokens_per_frame`.
+        dtype: storage dtype (float16/bfloat16 halve the disk space).
+        batch_size: clips encoded per forward pass.
+        num_workers: DataLoader workers decoding videos.
+        device: where the encoders run.
+        rank: this process's shard.
+        world_size: number of shards.
+        overwrite: rebuild entries even when they are valid.
+        backend: video backend for `read_frames` (None: decord, then PyAV).
+        decode_timeout: seconds before a decode counts as hung.
+        progress: show a tqdm bar.
+
+    Returns:
+        This rank's counts.
+    """
+    from tqdm.auto import tqdm
+
+    from merv.models.projector import align_features
+
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    t = aligned_temporal_tokens(encoders, temporal_tokens)
+    cache = FeatureCache(root, encoder_keys(encoders, t, tokens_per_frame))
+    clips = sorted(dedupe_clips(records), key=lambda c: (c[0], json.dumps(c[1:])))[rank::world_size]
+    stats = BuildStats(rank=rank, world_size=world_size)
+    todo: list[tuple[VideoIdentity, list[int]]] = []
+    for path, start, end in tqdm(clips, desc=f"checking (rank {rank})", unit="video", disable=not progress):
+        stats.videos += 1
+        try:
+            ident = VideoIdentity.of(path, start, end)
+        except FileNotFoundError:
+            logger.warning("cannot build features for '%s': the file does not exist", path)
+            stats.failed += 1
+            continue
+        need, statuses = [], set()
+        for i in range(len(encoders)):
+            status, _, reason = ("missing", None, "") if overwrite else cache.check(i, ident, dtype=dtype)
+            if status == "corrupt":
+                logger.warning("corrupt cache entry '%s': %s; rebuilding it", cache.entry_path(i, ident), reason)
+            if status != "hit":
+                need.append(i)
+                statuses.add(status)
+        if not need:
+            stats.hits += 1
+            continue
+        stats.corrupt += "corrupt" in statuses
+        if "missing" in statuses:
+            stats.missing += 1
+        else:
+            stats.stale += 1
+        todo.append((ident, need))
+    if not todo:
+        logger.info("feature cache %s: %s", cache.root, stats.summary())
+        return stats
+
+    cache.write_namespace_meta()
+    device = torch.device(device)
+    for enc in encoders:
+        enc.to(device).eval()
+    jobs = _PixelJobs([j for j, _ in todo], [e.frame_spec for e in encoders], backend, decode_timeout)
+    loader = DataLoader(jobs, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_jobs)
+    bar = tqdm(total=len(todo), desc=f"encoding (rank {rank})", unit="video", disable=not progress)
+    with torch.inference_mode():
+        for items in loader:
+            good = [it for it in items if not isinstance(it, SkippedSample)]
+            stats.failed += len(items) - len(good)
+            for e, enc in enumerate(encoders):
+                rows = [(j, px) for j, px in good if e in todo[j][1]]
+                if not rows:
+                    continue
+                pixels = torch.stack([px[e] for _, px in rows]).to(device, next(enc.parameters()).dtype)
+                feats = align_features(enc(pixels), t, tokens_per_frame).to("cpu", dtype)  # (B, T, tpf, D)
+                for (j, _), f in zip(rows, feats):
+                    cache.write(e, todo[j][0], f.clone())
+                    stats.entries_written += 1
+            stats.built += len(good)
+            bar.update(len(items))
+    bar.close()
+    logger.info("feature cache %s: %s", cache.root, stats.summary())
+    return stats
+
+
+# ---- training from the cache --------------------------------------------------------------------
+
+
+class CachedFeatureDataset(VideoTextDataset):
+    """`VideoTextDataset` that yields cached aligned features instead of decoding videos.
+
+    Per sample with video(s):
+
+    * hit (every clip has valid entries): the item carries `cached_features`, one `(V, T, tokens_per_frame,
+      D_e)` tensor per encoder for its V videos, and no pixels; nothing is decoded.
+    * missing or stale entry: with `on_miss="encode"` the sample is decoded as usual and carries
+      `pixel_values`; `fill_missing_features` later runs the model's frozen encoders on those videos (live
+      encoding). With `on_miss="error"` a `FeatureCacheMissError` names the record and the reason.
+    * corrupt entry: skipped like an unreadable video (a warning, counted in `num_skipped`).
+    * a video file that no longer exists: skipped like an unreadable video.
+
+    `collate` returns `aligned_features` (one `(B_v, T, tokens_per_frame, D_e)` tensor per encoder, B_v videos
+    in batch order) when every video of the batch was a hit. Otherwise it returns `partial_features` (cached
+    rows, zeros elsewhere), the `cache_miss` row mask and `pixel_values` for the missing rows only; such a
+    batch must go through `fill_missing_features` before the model (`MERVDataModule` does it after the device
+    transfer). Fed to the model unfilled, it fails on the video-count check instead of training on zeros.
+
+    Args:
+        records: as for `VideoTextDataset`.
+        processor: as for `VideoTextDataset`.
+        cache: the feature cache, keyed for the model being trained (`FeatureCache.for_model`).
+        on_miss: `encode` (fall back to live encoding) or `error`.
+        **kwargs: passed to `VideoTextDataset`.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        processor: Processor,
+        cache: FeatureCache,
+        *,
+        on_miss: OnMiss = "encode",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(records, processor, **kwargs)
+        if on_miss not in ("encode", "error"):
+            raise ValueError(f"on_miss must be 'encode' or 'error', got {on_miss!r}")
+        if len(cache.keys) != len(processor.frame_counts):
+            raise ValueError(f"the cache has {len(cache.keys)} encoder keys, the model {len(processor.frame_counts)}")
+        self.cache = cache
+        self.on_miss = on_miss
+        self._miss_warnings = 0
+        absent = cache.missing_namespaces()
+        if absent:
+            logger.warning(
+                "feature cache %s holds nothing for encoder(s) %s: every sample will %s; build it with "
+                "`python -m merv.cache build --config <experiment.yaml>`",
+                cache.root,
+                ", ".join(absent),
+                "be encoded live" if on_miss == "encode" else "fail",
+            )
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
+        record = self.records[index]
+        clips = record_clips(record)
+        if not clips:
+            return super().__getitem__(index)
+        name = record.get("id", "?")
+        per_video = []
+        for path, start, end in clips:
+            try:
+                ident = VideoIdentity.of(path, start, end)
+            except FileNotFoundError:
+                logger.warning("skipping sample %d (%s): video '%s' does not exist", index, name, path)
+                return SkippedSample(index, path, "the file does not exist")
+            try:
+                found = self.cache.lookup(ident)
+            except CorruptCacheEntryError as e:
+                logger.warning("skipping sample %d (%s): %s", index, name, e)
+                return SkippedSample(index, e.path, e.reason)
+            if found.status != "hit":
+                return self._miss(index, name, path, found)
+            per_video.append(found.features)
+        try:
+            item = dict(self.processor.encode(record["conversations"], has_video=len(clips)))
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"sample {index} ({name}): cannot encode the conversation: {e}") from e
+        item["pixel_values"] = None
+        item["cached_features"] = [torch.stack(f) for f in zip(*per_video)]  # (V, T, tokens_per_frame, D_e)
+        item["index"] = index
+        return item
+
+    def _miss(self, index: int, name: str, path: str, found: CacheLookup) -> dict[str, Any] | SkippedSample:
+        message = f"sample {index} ({name}), video '{path}': feature cache {found.status}: {found.reason}"
+        if self.on_miss == "error":
+            raise FeatureCacheMissError(message + " (on_miss='error'; rebuild with `python -m merv.cache build`)")
+        self._miss_warnings += 1
+        log = logger.warning if self._miss_warnings <= _MAX_MISS_WARNINGS else logger.debug
+        log("%s; encoding it live", message)
+        item = super().__getitem__(index)
+        if not isinstance(item, SkippedSample):
+            item["cached_features"] = None
+        return item
+
+    def collate(self, items: Sequence[dict[str, Any] | SkippedSample]) -> dict[str, Any]:
+        """As `VideoTextDataset.collate`, plus the cached features (see the class docstring)."""
+        batch = super().collate(items)
+        # One row per video, in batch order: the row order of `pixel_values` and `aligned_features`.
+        miss: list[bool] = []
+        hits: list[list[torch.Tensor]] = [[] for _ in self.cache.keys]
+        for it in items:
+            if isinstance(it, SkippedSample):
+                continue
+            if it.get("cached_features") is not None:
+                miss += [False] * len(it["cached_features"][0])
+                for e, feats in enumerate(it["cached_features"]):
+                    hits[e].append(feats)
+            elif it.get("pixel_values") is not None:
+                first = it["pixel_values"][0]  # (T_e, 3, S, S) for one video, (V, T_e, 3, S, S) for several
+                miss += [True] * (first.shape[0] if first.ndim == 5 else 1)
+        if not miss:
+            return batch
+        mask = torch.tensor(miss, dtype=torch.bool)
+        stacked = []
+        for key, parts in zip(self.cache.keys, hits):
+            dtype = parts[0].dtype if parts else torch.float32
+            if any(p.dtype != dtype for p in parts):
+                dtype = torch.float32  # entries built with different --dtype: widen rather than round
+            out = torch.zeros((len(miss), *key.shape), dtype=dtype)  # (B_v, T, tokens_per_frame, D_e)
+            if parts:
+                out[~mask] = torch.cat([p.to(dtype) for p in parts])
+            stacked.append(out)
+        batch["num_cache_misses"] = int(mask.sum())
+        if mask.any():
+            batch["partial_features"] = stacked
+            batch["cache_miss"] = mask
+        else:
+            batch["aligned_features"] = stacked
+        return batch
+
+
+def fill_missing_features(batch: dict[str, Any], model: VideoLM) -> dict[str, Any]:
+    """Encode a partially cached batch's missing rows with `model`'s frozen encoders, in place.
+
+    Afterwards the batch carries complete `aligned_features` and no `pixel_values`. Live rows are cast to
+    the cached rows' dtype, so a sample gets the same values whether or not its entry existed. Batches
+    without `cache_miss` pass through unchanged.
+    """
+    if "cache_miss" not in batch:
+        return batch
+    partial = batch.pop("partial_features")
+    miss = batch.pop("cache_miss")
+    pixels = batch.pop("pixel_values")
+    live = model.encode_aligned(pixels)  # one (B_miss, T, tokens_per_frame, D_e) per encoder
+    for out, feats in zip(partial, live):
+        out[miss.to(out.device)] = feats.to(out.device, out.dtype)
+    batch["aligned_features"] = partial
+    batch["pixel_values"] = None
+    return batch
+
+
+# ---- pixels and exemplars -----------------------------------------------------------------------
+
+
+class VideoTensorCache:
+    """On-disk cache of preprocessed per-encoder pixels (`processor.pixels` output) for repeated evaluation.
+
+    Entries live in a namespace per (dataset identity, every encoder's frame count, size and normalisation)
+    and are checked against the video file's identity like feature-cache entries. The cache is read-only
+    unless `writable=True`, so a training run never writes to a shared cache by accident.
+
+    Args:
+        root: cache folder.
+        frame_specs: the model's per-encoder frame specs (`processor.frame_specs`).
+        dataset_id: names the dataset (e.g. the benchmark name or annotation file), so two datasets never share
+            entries even if their paths collide after moving.
+        writable: allow `put` (and storing in `preprocess`).
+        dtype: storage dtype of new entries (float32 keeps them exact).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        frame_specs: Sequence[FrameSpec],
+        dataset_id: str,
+        *,
+        writable: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.specs = list(frame_specs)
+        key = {
+            "format": FORMAT_VERSION,
+            "dataset": dataset_id,
+            "specs": [[s.num_frames, s.image_size, list(s.mean), list(s.std)] for s in self.specs],
+        }
+        self._key = json.dumps(key, sort_keys=True)
+        slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset_id)[:40] or "dataset"
+        self.dir = Path(root) / f"pixels-{slug}-{_digest(key)}"
+        self.writable = writable
+        self.dtype = dtype
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, video: VideoIdentity) -> Path:
+        digest = video.clip_digest
+        return self.dir / digest[:2] / f"{digest}.safetensors"
+
+    def get(
+        self, video: str | os.PathLike, start: float | None = None, end: float | None = None
+    ) -> list[torch.Tensor] | None:
+        """Cached `(T_e, 3, S_e, S_e)` float32 pixels per encoder, or None (missing, stale or corrupt entry)."""
+        try:
+            ident = VideoIdentity.of(video, start, end)
+            meta, tensors = _read_entry(self._path(ident), [f"pixels_{e}" for e in range(len(self.specs))])
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        except CorruptCacheEntryError as e:
+            logger.warning("%s; ignoring it", e)
+            self.misses += 1
+            return None
+        if meta.get("key") != self._key or ident.mismatch(meta) is not None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return [tensors[f"pixels_{e}"].float() for e in range(len(self.specs))]
+
+    def put(
+        self, video: str | os.PathLike, start: float | None, end: float | None, pixels: Sequence[torch.Tensor]
+    ) -> None:
+        """Store one clip's per-encoder pixels.
+
+        Raises:
+            PermissionError: the cache was opened read-only.
+        """
+        if not self.writable:
+            raise PermissionError(f"video tensor cache {self.dir} is read-only (open it with writable=True)")
+        if len(pixels) != len(self.specs):
+            raise ValueError(f"got pixels for {len(pixels)} encoders, the cache has {len(self.specs)}")
+        ident = VideoIdentity.of(video, start, end)
+        tensors = {f"pixels_{e}": p.to(self.dtype) for e, p in enumerate(pixels)}
+        _write_entry(self._path(ident), tensors, {"key": self._key, **ident.metadata()})
+
+    def preprocess(
+        self, processor: Any, video: str | os.PathLike, start: float | None = None, end: float | None = None
+    ) -> list[torch.Tensor]:
+        """`processor.preprocess(video, start, end)` through the cache (stored on a miss when writable)."""
+        pixels = self.get(video, start, end)
+        if pixels is None:
+            pixels = processor.preprocess(video, start, end)
+            if self.writable:
+                self.put(video, start, end, pixels)
+        return pixels
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LRUCache(Generic[K, V]):
+    """A bounded in-memory mapping that evicts the least recently used item (e.g. few-shot exemplar pixels).
+
+    Args:
+        max_items: capacity, at least 1.
+    """
+
+    def __init__(self, max_items: int = 32) -> None:
+        if max_items < 1:
+            raise ValueError(f"max_items must be at least 1, got {max_items}")
+        self.max_items = max_items
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def get(self, key: K) -> V | None:
+        if key not in self._items:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def get_or_compute(self, key: K, compute: Callable[[], V]) -> V:
+        """The cached value, or `compute()` stored under `key`."""
+        value = self.get(key)
+        if value is None:
+            value = compute()
+            self.put(key, value)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def video_key(video: str | os.PathLike, start: float | None = None, end: float | None = None) -> VideoIdentity:
+    """A hashable key for a clip that changes when the file does (for `LRUCache`)."""
+    return VideoIdentity.of(video, start, end)
+
+
+__all__ = [
+    "DTYPES",
+    "FORMAT_VERSION",
+    "BuildStats",
+    "CacheLookup",
+    "CachedFeatureDataset",
+    "CorruptCacheEntryError",
+    "EncoderKey",
+    "FeatureCache",
+    "FeatureCacheMissError",
+    "LRUCache",
+    "VideoIdentity",
+    "VideoTensorCache",
+    "aligned_temporal_tokens",
+    "build_feature_cache",
+    "dedupe_clips",
+    "record_clips",
+    "encoder_keys",
+    "fill_missing_features",
+    "video_key",
+    "weights_identity",
+]

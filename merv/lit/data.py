@@ -1,0 +1,174 @@
+"""`MERVDataModule`: annotation files → datasets → DataLoaders whose order survives a resume."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Literal
+
+import lightning as L
+from torch.utils.data import DataLoader, DistributedSampler
+
+from merv.data import load_annotations
+from merv.data.cache import CachedFeatureDataset, FeatureCache, fill_missing_features
+from merv.data.dataset import SkipCounter, VideoTextDataset
+
+logger = logging.getLogger(__name__)
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffles with a seed per epoch (like `DistributedSampler`) and can skip the part of an epoch a
+    resumed run already trained on, so `fit --ckpt_path` continues on exactly the same samples.
+
+    Lightning leaves a `DistributedSampler` in place (it would otherwise wrap custom samplers), and calls
+    `set_epoch` on it every epoch. `len()` stays the full epoch: Lightning sizes every epoch from it once.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self._skip = 0
+
+    def skip_next(self, num_samples: int) -> None:
+        """Drop the first `num_samples` of the next epoch's indices (this rank's share)."""
+        self._skip = num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())[self._skip :]
+        self._skip = 0
+        return iter(indices)
+
+
+class MERVDataModule(L.LightningDataModule):
+    """Training and validation data from annotation files in any supported format.
+
+    The model's processor (tokenizer, prompt format, per-encoder frame specs) comes from the
+    LightningModule, so frame counts and tokenisation are never configured twice.
+
+    Args:
+        train_files: annotation files (or folder-per-class directories) concatenated for training.
+        val_files: annotation files for validation loss.
+        test_files: annotation files for `test`.
+        video_root: folder video paths are relative to (default: as each format defines).
+        format: annotation format for every file; None sniffs each.
+        batch_size: samples per device per step.
+        num_workers: DataLoader worker processes that decode videos.
+        max_skip_fraction: fail loudly once more than this fraction of videos could not be read.
+        pin_memory: pin batches for faster host-to-GPU copies.
+        shuffle: shuffle training samples every epoch (seeded).
+        seed: shuffling seed.
+        feature_cache: folder of a feature cache (`python -m merv.cache build --config <experiment.yaml>`);
+            datasets then read the frozen encoders' aligned features from it instead of decoding videos.
+        feature_cache_on_miss: what a sample without a valid cache entry does: `encode` (decode it and run the
+            frozen encoders live, in `on_after_batch_transfer`) or `error` (fail the run, naming the record).
+    """
+
+    def __init__(
+        self,
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        test_files: list[str] | None = None,
+        video_root: str | None = None,
+        format: str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        max_skip_fraction: float = 0.1,
+        pin_memory: bool = True,
+        shuffle: bool = True,
+        seed: int = 0,
+        feature_cache: str | None = None,
+        feature_cache_on_miss: Literal["encode", "error"] = "encode",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_records: list[dict] = []
+        self.val_records: list[dict] = []
+        self.test_records: list[dict] = []
+        self.skip_counter = SkipCounter(max_skip_fraction)
+        # Position in the training data, saved in checkpoints so a resumed run skips what it trained on.
+        self._epoch, self._batches_done = 0, 0
+        self._resume_from: dict | None = None
+
+    def _load(self, files: list[str] | None) -> list[dict]:
+        records: list[dict] = []
+        for f in files or []:
+            loaded = load_annotations(f, format=self.hparams.format, video_root=self.hparams.video_root)
+            logger.info("%s: %d records", f, len(loaded))
+            records.extend(loaded)
+        return records
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and not self.train_records:
+            self.train_records = self._load(self.hparams.train_files)
+            if not self.train_records:
+                raise ValueError("no training records: set data.train_files")
+        if stage in ("fit", "validate") and not self.val_records:
+            self.val_records = self._load(self.hparams.val_files)
+        if stage == "test" and not self.test_records:
+            self.test_records = self._load(self.hparams.test_files)
+
+    def _dataset(self, records: list[dict]) -> VideoTextDataset:
+        module = self.trainer.lightning_module
+        processor = module.processor  # builds the model if needed
+        if self.hparams.feature_cache:
+            cache = FeatureCache.for_model(self.hparams.feature_cache, module.model)
+            return CachedFeatureDataset(
+                records,
+                processor,
+                cache,
+                on_miss=self.hparams.feature_cache_on_miss,
+                max_skip_fraction=self.hparams.max_skip_fraction,
+            )
+        return VideoTextDataset(records, processor, max_skip_fraction=self.hparams.max_skip_fraction)
+
+    def _loader(self, dataset: VideoTextDataset, sampler=None) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=dataset.collate,
+            pin_memory=self.hparams.pin_memory and self.trainer.accelerator.__class__.__name__ != "CPUAccelerator",
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._dataset(self.train_records)
+        dataset.skip_counter = self.skip_counter
+        trainer = self.trainer
+        sampler = ResumableSampler(dataset, trainer.world_size, trainer.global_rank, self.hparams.shuffle, self.hparams.seed)
+        # On `fit --ckpt_path`, `load_state_dict` has run before this: skip what the epoch already trained on.
+        resume, self._resume_from = self._resume_from, None
+        if resume and resume["epoch"] == trainer.current_epoch:
+            sampler.skip_next(resume["batches_done"] * self.hparams.batch_size)
+        return self._loader(dataset, sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self._dataset(self.val_records)) if self.val_records else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset(self.test_records))
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Workers report skipped videos per batch; the main process adds them up and fails the run
+        # once the skip rate passes `max_skip_fraction`.
+        if self.trainer.training:
+            self.skip_counter.update(batch)
+            if self.trainer.current_epoch != self._epoch:
+                self._epoch, self._batches_done = self.trainer.current_epoch, 0
+            self._batches_done += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "batches_done": self._batches_done}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_from = dict(state_dict)
+        self._epoch, self._batches_done = state_dict["epoch"], state_dict["batches_done"]
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # A batch the feature cache only partly covers carries pixels for the other samples: encode them with
+        # the frozen encoders here, on the device, so the model always receives complete `aligned_features`.
+        if isinstance(batch, dict) and "cache_miss" in batch:
+            fill_missing_features(batch, self.trainer.lightning_module.model)
+        return batch

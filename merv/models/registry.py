@@ -1,0 +1,73 @@
+"""Named models: MERV's multi-encoder model, its single-encoder baselines, and tiny CPU variants.
+
+A name fixes the architecture; the weights are a `save_pretrained` directory found in the local model
+cache (`$MERV_CACHE`, default `~/.cache/merv/models/<name>`), put there by `scripts/export.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from merv.models.llm import LLMConfig
+from merv.models.vidlm import EncoderConfig, LoraSettings, VideoLMConfig
+
+# MERV's four encoders with their frame counts. LanguageBind-Video's code lives outside transformers and
+# timm; CLIP ViT-L/14, the image tower it starts from, stands in for it.
+MERV_ENCODERS = {
+    "languagebind": EncoderConfig("clip-l14-224", 16, "openai/clip-vit-large-patch14"),
+    "dinov2": EncoderConfig("timm-dinov2-reg4-l14-224", 16, "timm/vit_large_patch14_reg4_dinov2.lvd142m"),
+    "vivit": EncoderConfig("vivit-b16x2-224", 32, "google/vivit-b-16x2-kinetics400"),
+    "siglip": EncoderConfig("timm-siglip-so400m-384", 16, "timm/ViT-SO400M-14-SigLIP-384"),
+}
+MERV_LLM = LLMConfig(name_or_path="meta-llama/Llama-2-7b-hf", dtype="bfloat16", prompt_format="merv")
+
+
+def _merv(encoders: list[EncoderConfig]) -> VideoLMConfig:
+    return VideoLMConfig(
+        encoders=encoders,
+        llm=MERV_LLM,
+        temporal_tokens=16,
+        tokens_per_frame=16,
+        projector="mlp",
+        fusion="cross-attention",
+        max_length=2048,
+        lora=LoraSettings(r=128, alpha=256, dropout=0.05, target_modules="all-linear"),
+    )
+
+
+_MODELS: dict[str, tuple[Callable[[], VideoLMConfig], str]] = {
+    "merv-full": (lambda: _merv(list(MERV_ENCODERS.values())), "four encoders, LLM instruction-tuned (stage 2)"),
+    "merv-frozen": (lambda: _merv(list(MERV_ENCODERS.values())), "four encoders, LLM kept frozen"),
+    **{
+        f"merv-{key}-only": (lambda enc=enc: _merv([enc]), f"single-encoder baseline ({enc.id}, {enc.num_frames} frames)")
+        for key, enc in MERV_ENCODERS.items()
+    },
+    "merv-tiny": (VideoLMConfig.tiny, "CPU-sized: two tiny encoders (4 and 8 frames) and a 2-layer LLM"),
+}
+
+
+def available_models() -> list[str]:
+    """Registered model names."""
+    return sorted(_MODELS)
+
+
+def model_config(name: str) -> VideoLMConfig:
+    """The architecture a registered name stands for."""
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    return _MODELS[name][0]()
+
+
+def describe(name: str) -> str:
+    model_config(name)
+    return _MODELS[name][1]
+
+
+def model_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where named models' weights are looked for: `cache_dir`, `$MERV_CACHE/models`, or `~/.cache/merv/models`."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    root = os.environ.get("MERV_CACHE")
+    return Path(root) / "models" if root else Path.home() / ".cache" / "merv" / "models"

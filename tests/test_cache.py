@@ -1,0 +1,421 @@
+"""Feature cache (keys, hits, misses, staleness, corruption, training from it), the build command, and the
+video tensor and LRU caches."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from merv.data import load_annotations
+from merv.data.cache import (
+    CachedFeatureDataset,
+    CorruptCacheEntryError,
+    EncoderKey,
+    FeatureCache,
+    FeatureCacheMissError,
+    LRUCache,
+    VideoIdentity,
+    VideoTensorCache,
+    build_feature_cache,
+    encoder_keys,
+    fill_missing_features,
+    weights_identity,
+)
+from merv.data.dataset import SkippedSample, VideoTextDataset
+from merv.data.synthetic import generate
+from merv.models import VideoLM, VideoLMConfig
+from merv.models.encoders import build_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = ROOT / "configs/model/tiny.yaml"
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    generate(out, num_videos=8, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model() -> VideoLM:
+    torch.manual_seed(0)
+    return VideoLM(VideoLMConfig.tiny()).eval()
+
+
+@pytest.fixture
+def records(data_dir, tmp_path) -> list[dict]:
+    """Caption records whose videos are private copies, so a test may touch or rewrite them."""
+    videos = tmp_path / "videos"
+    shutil.copytree(data_dir / "videos", videos)
+    recs = load_annotations(data_dir / "captions.json")
+    for r in recs:
+        r["video"] = str(videos / Path(r["video"]).name)
+    return recs
+
+
+def build(records, model, root, **kwargs):
+    return build_feature_cache(
+        records,
+        model.encoders,
+        root,
+        temporal_tokens=model.config.temporal_tokens,
+        tokens_per_frame=model.config.tokens_per_frame,
+        progress=False,
+        **kwargs,
+    )
+
+
+def first_batch(dataset) -> dict:
+    return dataset.collate([dataset[i] for i in range(BATCH)])
+
+
+def loss(model, batch) -> torch.Tensor:
+    keys = ("input_ids", "attention_mask", "video_mask", "pixel_values", "labels", "aligned_features")
+    with torch.no_grad():
+        return model(**{k: batch[k] for k in keys if k in batch}).loss
+
+
+# ---- keys ------------------------------------------------------------------------------------------
+
+
+def test_keys_follow_the_model_and_weights_identity():
+    torch.manual_seed(0)
+    a = build_encoder("siglip-tiny", num_frames=4)
+    torch.manual_seed(0)
+    same = build_encoder("siglip-tiny", num_frames=4)
+    torch.manual_seed(1)
+    other = build_encoder("siglip-tiny", num_frames=4)
+    assert weights_identity(a) == weights_identity(same) != weights_identity(other)
+    assert weights_identity(a).startswith("sha256:")
+    a.pretrained = "google/siglip-base-patch16-224"  # named weights are identified by their source
+    assert weights_identity(a) == "pretrained:google/siglip-base-patch16-224"
+
+    base = EncoderKey.of(same, temporal_tokens=4, tokens_per_frame=4)
+    assert base.shape == (4, 4, 32)
+    variants = [
+        EncoderKey.of(other, 4, 4),  # weights
+        EncoderKey.of(same, 2, 4),  # temporal tokens of the alignment
+        EncoderKey.of(same, 4, 1),  # tokens per frame
+        EncoderKey.of(build_encoder("siglip-tiny", num_frames=8), 4, 4),  # frame count
+    ]
+    assert len({base.namespace, *(k.namespace for k in variants)}) == 5
+    assert base.namespace.startswith("siglip-tiny-")
+    torch.manual_seed(0)
+    video_model = build_encoder("vivit-tiny", num_frames=8)  # T' = 4: the alignment T defaults to the smallest T'
+    assert [k.temporal_tokens for k in encoder_keys([same, video_model], None, 4)] == [4, 4]
+
+
+# ---- hits, misses, staleness -----------------------------------------------------------------------
+
+
+def test_build_hit_miss_and_stale_detection(records, model, tmp_path):
+    root = tmp_path / "cache"
+    recs = records[:3] + records[:1]  # a repeated clip is encoded once
+    stats = build(recs, model, root, batch_size=2)
+    assert (stats.videos, stats.missing, stats.built, stats.hits, stats.entries_written) == (3, 3, 3, 0, 6)
+    again = build(recs, model, root)
+    assert (again.hits, again.misses, again.built) == (3, 0, 0)
+
+    cache = FeatureCache.for_model(root, model)
+    video = records[0]["video"]
+    found = cache.lookup(VideoIdentity.of(video))
+    assert found.status == "hit"
+    expected = model.encode_aligned([p.unsqueeze(0) for p in model.preprocess(video)])
+    for got, want in zip(found.features, expected):
+        assert got.dtype == torch.float32 and got.shape == want.shape[1:]
+        torch.testing.assert_close(got, want[0], rtol=1e-5, atol=1e-6)
+    assert cache.lookup(VideoIdentity.of(records[4]["video"])).status == "missing"
+    assert cache.lookup(VideoIdentity.of(video, start=0.0, end=1.0)).status == "missing"  # another clip
+
+    # Touching the file (new mtime) makes its entries stale; so does rewriting it with other bytes.
+    st = os.stat(video)
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    touched = cache.lookup(VideoIdentity.of(video))
+    assert touched.status == "stale" and "mtime_ns" in touched.reason and touched.missing_encoders == [0, 1]
+    shutil.copyfile(records[5]["video"], records[1]["video"])
+    assert cache.lookup(VideoIdentity.of(records[1]["video"])).status == "stale"
+
+    rebuilt = build(recs, model, root)
+    assert (rebuilt.hits, rebuilt.stale, rebuilt.built) == (1, 2, 2)
+    assert cache.lookup(VideoIdentity.of(video)).status == "hit"
+    # Other weights (another seed) read nothing from this cache.
+    torch.manual_seed(1)
+    other = VideoLM(VideoLMConfig.tiny())
+    assert FeatureCache.for_model(root, other).lookup(VideoIdentity.of(video)).status == "missing"
+    assert not list(root.rglob("*.tmp")), "atomic writes leave no temporary files behind"
+
+
+def test_sharded_builds_split_the_videos(records, model, tmp_path):
+    root = tmp_path / "cache"
+    shards = [build(records, model, root, rank=r, world_size=2) for r in range(2)]
+    assert [s.built for s in shards] == [3, 3]
+    assert len(list(root.rglob("*.safetensors"))) == 2 * len(records)
+    assert build(records, model, root).hits == len(records)
+    with pytest.raises(ValueError, match="rank must be in"):
+        build(records, model, root, rank=2, world_size=2)
+
+
+# ---- training from the cache -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 0.0), (torch.float16, 1e-3)])
+def test_training_from_cache_matches_live_encoding(records, model, tmp_path, dtype, tolerance):
+    """First-batch loss from the cache equals live encoding: exactly in fp32 storage, within 1e-3 in fp16."""
+    root = tmp_path / "cache"
+    build(records, model, root, dtype=dtype, batch_size=3)
+    live = first_batch(VideoTextDataset(records, model.processor))
+    cached_ds = CachedFeatureDataset(records, model.processor, FeatureCache.for_model(root, model), on_miss="error")
+    cached = first_batch(cached_ds)
+    assert cached["pixel_values"] is None and cached["num_cache_misses"] == 0
+    assert [a.dtype for a in cached["aligned_features"]] == [dtype, dtype]
+    assert [tuple(a.shape) for a in cached["aligned_features"]] == [(BATCH, 4, 4, 32)] * 2
+    live_loss, cached_loss = loss(model, live), loss(model, cached)
+    torch.testing.assert_close(cached_loss, live_loss, rtol=tolerance, atol=tolerance)
+
+    # A missing entry: that sample is decoded and encoded live, the others come from the cache.
+    cache = FeatureCache.for_model(root, model)
+    cache.entry_path(1, VideoIdentity.of(records[2]["video"])).unlink()
+    partial_ds = CachedFeatureDataset(records, model.processor, cache)
+    partial = first_batch(partial_ds)
+    assert partial["cache_miss"].tolist() == [False, False, True, False]
+    assert [tuple(p.shape) for p in partial["pixel_values"]] == [(1, 4, 3, 32, 32), (1, 8, 3, 32, 32)]
+    with pytest.raises(ValueError, match="video positions"):
+        loss(model, partial)  # unfilled, it fails loudly instead of training on zeros
+    filled = fill_missing_features(partial, model)
+    assert filled["pixel_values"] is None and "cache_miss" not in filled
+    torch.testing.assert_close(loss(model, filled), live_loss, rtol=tolerance, atol=tolerance)
+
+
+def test_samples_with_several_videos(records, model, tmp_path):
+    """A record with two `<video>` tags (e.g. a few-shot exemplar) reads one feature row per clip."""
+    two = {
+        "id": "pair",
+        "video": [records[0]["video"], {"video": records[1]["video"], "start": 0.0, "end": 1.0}],
+        "conversations": [
+            {"from": "human", "value": "<video>\nThis is a red square. <video>\nWhat is this?"},
+            {"from": "gpt", "value": "a blue circle"},
+        ],
+    }
+    recs = [two, records[2]]
+    root = tmp_path / "cache"
+    assert build(recs, model, root).built == 3  # the second video is cached as its first second only
+    cache = FeatureCache.for_model(root, model)
+    ds = CachedFeatureDataset(recs, model.processor, cache, on_miss="error")
+    item = ds[0]
+    assert [tuple(f.shape) for f in item["cached_features"]] == [(2, 4, 4, 32)] * 2
+    assert int(item["video_mask"].sum()) == 2 * model.num_visual_tokens
+    clip = cache.lookup(VideoIdentity.of(records[1]["video"], 0.0, 1.0)).features
+    assert torch.equal(item["cached_features"][1][1], clip[1])
+    batch = ds.collate([item, ds[1]])
+    assert [tuple(a.shape) for a in batch["aligned_features"]] == [(3, 4, 4, 32)] * 2
+    assert torch.isfinite(loss(model, batch))
+
+
+def test_on_miss_error_names_the_record(records, model, tmp_path):
+    root = tmp_path / "cache"
+    build(records[:2], model, root)
+    ds = CachedFeatureDataset(records, model.processor, FeatureCache.for_model(root, model), on_miss="error")
+    assert ds[1]["cached_features"] is not None
+    with pytest.raises(FeatureCacheMissError, match=r"sample 2 \(shape_0002_caption\).*missing.*siglip-tiny: no entry"):
+        ds[2]
+    os.utime(records[0]["video"], ns=(0, 10**18))
+    with pytest.raises(FeatureCacheMissError, match="sample 0 .*stale.*the video changed"):
+        ds[0]
+    with pytest.raises(ValueError, match="on_miss"):
+        CachedFeatureDataset(records, model.processor, FeatureCache.for_model(root, model), on_miss="skip")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "flip"])
+def test_corrupt_entry_is_skipped_like_a_bad_video(records, model, tmp_path, caplog, damage):
+    root = tmp_path / "cache"
+    build(records[:4], model, root)
+    cache = FeatureCache.for_model(root, model)
+    entry = cache.entry_path(0, VideoIdentity.of(records[1]["video"]))
+    data = entry.read_bytes()
+    if damage == "truncate":
+        entry.write_bytes(data[: len(data) - 17])
+    elif damage == "garbage":
+        entry.write_bytes(b"\x00garbage" * 64)
+    else:  # a bit flip in the tensor data keeps the file parseable: the checksum catches it
+        entry.write_bytes(data[:-5] + bytes([data[-5] ^ 0x01]) + data[-4:])
+    with pytest.raises(CorruptCacheEntryError, match=entry.name):
+        cache.lookup(VideoIdentity.of(records[1]["video"]))
+
+    ds = CachedFeatureDataset(records[:4], model.processor, cache, on_miss="error")
+    with caplog.at_level(logging.WARNING, logger="merv.data.cache"):
+        item = ds[1]
+    assert isinstance(item, SkippedSample) and item.path == str(entry)
+    assert any("skipping sample 1" in r.message and "corrupt cache entry" in r.message for r in caplog.records)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=ds.collate)
+    batches = list(loader)
+    assert [b["num_skipped"] for b in batches] == [1, 0] and [b["num_samples"] for b in batches] == [1, 2]
+    assert batches[0]["skipped_files"] == [str(entry)]
+    assert tuple(batches[1]["aligned_features"][0].shape) == (2, 4, 4, 32)
+
+    # The next build notices the damage and rebuilds the entry.
+    stats = build(records[:4], model, root)
+    assert (stats.corrupt, stats.built, stats.hits, stats.entries_written) == (1, 1, 3, 1)
+    assert cache.lookup(VideoIdentity.of(records[1]["video"])).status == "hit"
+
+
+def test_deleted_video_is_skipped(records, model, tmp_path):
+    root = tmp_path / "cache"
+    build(records[:2], model, root)
+    os.unlink(records[0]["video"])
+    item = CachedFeatureDataset(records[:2], model.processor, FeatureCache.for_model(root, model))[0]
+    assert isinstance(item, SkippedSample) and "does not exist" in item.reason
+
+
+# ---- the build command -----------------------------------------------------------------------------
+
+
+def experiment_yaml(path: Path, data_dir: Path, *train_files: str, batch_size: int = 4) -> Path:
+    """A small experiment config: the tiny model in the align stage on the generated videos."""
+    path.write_text(
+        json.dumps(
+            {
+                "seed_everything": 0,
+                "model": {"vidlm": str(TINY_MODEL), "stage": "align"},
+                "data": {
+                    "train_files": [str(data_dir / f) for f in train_files],
+                    "batch_size": batch_size,
+                    "num_workers": 0,
+                },
+            }
+        )
+    )
+    return path
+
+
+def test_build_command_then_all_hits(data_dir, tmp_path, capsys):
+    from merv.cache import main
+
+    experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json", "instruct.json")
+    out = tmp_path / "features"
+    first = main(["build", "--config", str(experiment), "--out", str(out), "--no-progress", "--dtype", "float16"])
+    # captions and instructions share their 6 training videos: each is encoded once.
+    assert (first.videos, first.built, first.hits, first.failed) == (6, 6, 0, 0)
+    assert len(list(out.rglob("*.safetensors"))) == 12 and len(list(out.glob("*/meta.json"))) == 2
+    second = main(["build", "--config", str(experiment), "--out", str(out), "--no-progress", "--dtype", "float16"])
+    assert (second.videos, second.hits, second.misses, second.built) == (6, 6, 0, 0)
+    printed = capsys.readouterr().out
+    assert "6 videos, 0 hits, 6 misses" in printed and "6 videos, 6 hits, 0 misses" in printed
+    # Asking for another storage dtype rebuilds.
+    third = main(["build", "--config", str(experiment), "--out", str(out), "--no-progress"])
+    assert (third.stale, third.built) == (6, 6)
+
+
+@pytest.mark.slow
+def test_python_m_merv_cache_build(data_dir, tmp_path):
+    """The module entry point in a fresh interpreter: a first build writes, a second reports all hits."""
+    experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json")
+    command = [sys.executable, "-m", "merv.cache", "build", "--config", str(experiment), "--out", str(tmp_path / "f")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
+    outputs = [
+        subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout for _ in range(2)
+    ]
+    assert "6 videos, 0 hits, 6 misses (0 stale, 0 corrupt), 6 built, 0 failed" in outputs[0]
+    assert "6 videos, 6 hits, 0 misses (0 stale, 0 corrupt), 0 built, 0 failed" in outputs[1]
+
+
+class Losses(L.Callback):
+    """Records every training step's loss."""
+
+    def __init__(self) -> None:
+        self.values = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.values.append(float(outputs["loss"]))
+
+
+def test_fit_from_cache_matches_live_fit(data_dir, tmp_path, monkeypatch):
+    """`fit --data.feature_cache` after `merv.cache build` trains on the same losses as a live run; with
+    `feature_cache_on_miss=error` any key mismatch between the build's encoders and the run's would fail.
+    A partly deleted cache still gives the same losses (missing samples are encoded live)."""
+    from merv.cache import main as cache_main
+    from merv.cli import main as cli_main
+    from merv.lit import data as lit_data
+
+    experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json", batch_size=2)
+    cache_main(["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--no-progress"])
+
+    def fit(*extra):
+        cli = cli_main(
+            ["fit", "--config", str(experiment), "--trainer.max_steps", "3", "--trainer.logger", "false",
+             "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
+             "--trainer.default_root_dir", str(tmp_path / "run"), "--data.shuffle", "false", *extra]
+        )  # fmt: skip
+        return next(c for c in cli.trainer.callbacks if isinstance(c, Losses)).values
+
+    callbacks = ["--trainer.callbacks", json.dumps([{"class_path": f"{__name__}.Losses"}])]
+    live = fit(*callbacks)
+    cache_flags = ["--data.feature_cache", str(tmp_path / "features")]
+    cached = fit(*callbacks, *cache_flags, "--data.feature_cache_on_miss", "error")
+    assert len(live) == 3 and cached == live
+
+    # Without the second video's SigLIP entry the first batch is mixed: the data module encodes that sample
+    # live after the device transfer and merges it with the cached one.
+    digest = VideoIdentity.of(data_dir / "videos/shape_0001.mp4").clip_digest
+    (entry,) = (tmp_path / "features").glob(f"siglip-tiny-*/{digest[:2]}/{digest}.safetensors")
+    entry.unlink()
+    filled = []
+
+    def counting_fill(batch, model):
+        filled.append(batch["cache_miss"].tolist())
+        return fill_missing_features(batch, model)
+
+    monkeypatch.setattr(lit_data, "fill_missing_features", counting_fill)
+    partly = fit(*callbacks, *cache_flags)
+    assert filled == [[False, True]]
+    torch.testing.assert_close(partly, live, rtol=1e-6, atol=1e-6)
+
+
+# ---- pixels and exemplars --------------------------------------------------------------------------
+
+
+def test_video_tensor_cache_round_trip(records, model, tmp_path):
+    video = records[0]["video"]
+    specs = model.processor.frame_specs
+    read_only = VideoTensorCache(tmp_path, specs, "synthetic-captions")
+    with pytest.raises(PermissionError, match="read-only"):
+        read_only.put(video, None, None, model.preprocess(video))
+    assert read_only.preprocess(model.processor, video) is not None and read_only.misses == 1
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+    cache = VideoTensorCache(tmp_path, specs, "synthetic-captions", writable=True)
+    first = cache.preprocess(model.processor, video)  # miss: computed and stored
+    again = cache.preprocess(model.processor, video)  # hit
+    assert (cache.misses, cache.hits) == (1, 1)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    assert VideoTensorCache(tmp_path, specs, "another-dataset").get(video) is None  # namespaced by dataset
+    assert VideoTensorCache(tmp_path, specs[:1], "synthetic-captions").get(video) is None  # and by frame specs
+    st = os.stat(video)
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert cache.get(video) is None  # stale
+
+
+def test_lru_cache_evicts_least_recently_used():
+    lru = LRUCache(max_items=2)
+    calls = []
+    lru.put("a", 1)
+    lru.put("b", 2)
+    assert lru.get("a") == 1  # "b" is now the least recently used
+    lru.put("c", 3)
+    assert "b" not in lru and len(lru) == 2
+    assert lru.get_or_compute("b", lambda: calls.append("b") or 20) == 20
+    assert lru.get_or_compute("b", lambda: calls.append("b") or 21) == 20
+    assert calls == ["b"] and "a" not in lru
+    assert (lru.hits, lru.misses) == (2, 1)
+    with pytest.raises(ValueError, match="max_items"):
+        LRUCache(0)
