@@ -44,28 +44,39 @@ def main(argv: list[str] | None = None) -> dict:
     if not (data / "captions.json").is_file():
         generate(data, num_videos=args.num_videos, seed=args.seed)
 
-    cli = cli_main([
-        "fit",
-        "--config", str(ROOT / "configs/experiments/quickstart.yaml"),
-        "--seed_everything", str(args.seed),
-        "--trainer.default_root_dir", args.output_dir,
-        "--trainer.logger.init_args.save_dir", args.output_dir,
-        "--data.train_files", json.dumps([str(data / "captions.json"), str(data / "instruct.json")]),
-        "--data.val_files", json.dumps([str(data / "val.json")]),
-        *(["--trainer.max_steps", str(args.max_steps)] if args.max_steps else []),
-    ])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/experiments/quickstart.yaml"),
+            "--seed_everything",
+            str(args.seed),
+            "--trainer.default_root_dir",
+            args.output_dir,
+            "--trainer.logger.init_args.save_dir",
+            args.output_dir,
+            "--data.train_files",
+            json.dumps([str(data / "captions.json"), str(data / "instruct.json")]),
+            "--data.val_files",
+            json.dumps([str(data / "val.json")]),
+            *(["--trainer.max_steps", str(args.max_steps)] if args.max_steps else []),
+        ]
+    )
     trained = time.perf_counter()
     model_dir = Path(cli.trainer.log_dir) / "model"
 
     model = VideoLM.from_pretrained(model_dir)
-    outcome = evaluate(model, EvalConfig(
-        task="nextqa",
-        question_file=data / "nextqa.csv",
-        video_root=data / "videos",
-        output_dir=Path(cli.trainer.log_dir) / "eval",
-        model_path=str(model_dir),
-        strategy="loglik",
-    ))
+    outcome = evaluate(
+        model,
+        EvalConfig(
+            task="nextqa",
+            question_file=data / "nextqa.csv",
+            video_root=data / "videos",
+            output_dir=Path(cli.trainer.log_dir) / "eval",
+            model_path=str(model_dir),
+            strategy="loglik",
+        ),
+    )
     report = outcome.report
     chance = 1 / 5
     result = {

@@ -46,8 +46,9 @@ def test_every_shipped_config_parses(path, capsys):
 
 
 def test_later_configs_and_flags_override_earlier_ones(capsys):
-    config = print_config(["--config", QUICKSTART, "--trainer", GPU, "--trainer.max_steps", "7",
-                           "--model.vidlm.fusion", "sum"], capsys)
+    config = print_config(
+        ["--config", QUICKSTART, "--trainer", GPU, "--trainer.max_steps", "7", "--model.vidlm.fusion", "sum"], capsys
+    )
     assert config["trainer"]["accelerator"] == "gpu"
     assert config["trainer"]["max_steps"] == 7
     assert config["model"]["vidlm"]["fusion"] == "sum"

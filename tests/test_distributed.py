@@ -19,19 +19,42 @@ def test_two_process_cpu_ddp_completes_and_shards_the_data(tmp_path):
     data = tmp_path / "data"
     generate(data, num_videos=8, seed=0)
     trainer = {
-        "accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 3,
-        "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1,
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp",
+        "max_steps": 3,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "log_every_n_steps": 1,
         "default_root_dir": str(tmp_path / "run"),
-        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                   "init_args": {"save_dir": str(tmp_path / "run"), "name": "run", "version": 0}},
-        "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
-                      {"class_path": "merv.lit.ExportPretrained"}],
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": str(tmp_path / "run"), "name": "run", "version": 0},
+        },
+        "callbacks": [
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
+            {"class_path": "merv.lit.ExportPretrained"},
+        ],
     }
     (tmp_path / "trainer.yaml").write_text(json.dumps(trainer))
-    cmd = [sys.executable, "-m", "merv.cli", "fit", "--config", str(ROOT / "configs/experiments/quickstart.yaml"),
-           "--trainer", str(tmp_path / "trainer.yaml"),
-           "--data.train_files", json.dumps([str(data / "captions.json")]), "--data.val_files", "[]",
-           "--data.num_workers", "0", "--data.batch_size", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "merv.cli",
+        "fit",
+        "--config",
+        str(ROOT / "configs/experiments/quickstart.yaml"),
+        "--trainer",
+        str(tmp_path / "trainer.yaml"),
+        "--data.train_files",
+        json.dumps([str(data / "captions.json")]),
+        "--data.val_files",
+        "[]",
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "2",
+    ]
     env = {**os.environ, "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

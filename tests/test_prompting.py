@@ -105,10 +105,12 @@ def test_visual_tokens_go_at_the_placeholder_or_after_bos(value, before, after):
 def test_text_only_and_video_samples_mix_in_one_batch():
     model = VideoLM(VideoLMConfig.tiny())
     frames = torch.randint(0, 255, (6, 16, 16, 3), dtype=torch.uint8)
-    batch = model.prepare_batch([
-        {"video": None, "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
-        {"video": frames, "conversations": CONV[:2]},
-    ])
+    batch = model.prepare_batch(
+        [
+            {"video": None, "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+            {"video": frames, "conversations": CONV[:2]},
+        ]
+    )
     assert [p.shape[0] for p in batch["pixel_values"]] == [1, 1]
     assert batch["video_mask"][0].sum() == 0 and batch["video_mask"][1].sum() == model.num_visual_tokens
     assert torch.isfinite(model(**batch).loss)

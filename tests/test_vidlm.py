@@ -150,8 +150,9 @@ def test_save_load_round_trip_gives_identical_logits(model, tmp_path, stage):
     expected = model(**batch).logits
     model.save_pretrained(tmp_path / "ckpt")
     loaded = VideoLM.from_pretrained(tmp_path / "ckpt")
-    torch.testing.assert_close(loaded(**loaded.prepare_batch([sample(0), sample(3, "something else")])).logits,
-                               expected, rtol=0, atol=0)
+    torch.testing.assert_close(
+        loaded(**loaded.prepare_batch([sample(0), sample(3, "something else")])).logits, expected, rtol=0, atol=0
+    )
 
 
 def test_lora_merge_on_save_keeps_the_function(model, tmp_path):
@@ -184,7 +185,10 @@ def test_batched_generate_matches_single(model):
     p = prompt.get_prompt()
     videos = [make_video(0), make_video(1, frames=20)]
     batched = model.generate(videos, [p, p + " It"], max_new_tokens=4)
-    assert batched == [model.generate(videos[0], p, max_new_tokens=4), model.generate(videos[1], p + " It", max_new_tokens=4)]
+    assert batched == [
+        model.generate(videos[0], p, max_new_tokens=4),
+        model.generate(videos[1], p + " It", max_new_tokens=4),
+    ]
 
 
 def test_option_nll_matches_a_direct_loss_computation(model):
@@ -192,6 +196,15 @@ def test_option_nll_matches_a_direct_loss_computation(model):
     options = ["a red circle", "a blue square moving up"]
     nll = model.option_nll(video, "What is shown?", options)
     for opt, value in zip(options, nll):
-        batch = model.prepare_batch([{"video": video, "conversations": [
-            {"from": "human", "value": "<video>\nWhat is shown?"}, {"from": "gpt", "value": opt}]}])
+        batch = model.prepare_batch(
+            [
+                {
+                    "video": video,
+                    "conversations": [
+                        {"from": "human", "value": "<video>\nWhat is shown?"},
+                        {"from": "gpt", "value": opt},
+                    ],
+                }
+            ]
+        )
         assert value == pytest.approx(model(**batch).loss.item(), rel=1e-5)

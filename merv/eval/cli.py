@@ -59,17 +59,13 @@ def resolve_data_file(name: str | None, data_root: str, dataset: str, required: 
 
 
 def load_model(model_path: str, device: str | None = None, dtype: str | None = None) -> Any:
-    """Load a `VideoLM` directory for inference (eval mode, on `device`, optionally cast to `dtype`)."""
+    """Load a model for inference: a saved dir, a `.ckpt`, a run dir or a registered name (see `load_vid`)."""
     import torch
 
-    from merv.models.vidlm import VideoLM
+    from merv.models.loading import load_vid
 
-    torch_dtype = None if dtype is None else getattr(torch, dtype)
-    model = VideoLM.from_pretrained(model_path, dtype=torch_dtype)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    model.eval()
-    return model
+    return load_vid(model_path, dtype=None if dtype is None else getattr(torch, dtype), device=device)
 
 
 def _positive_fraction(text: str) -> float:
@@ -81,7 +77,7 @@ def _positive_fraction(text: str) -> float:
 
 def _run_parser(description: str, kind: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, allow_abbrev=False)
-    p.add_argument("--model_path", required=True, help="directory written by VideoLM.save_pretrained")
+    p.add_argument("--model_path", required=True, help="saved model dir, .ckpt, run dir or registered name")
     p.add_argument(
         "--eval_dataset",
         required=True,

@@ -82,8 +82,13 @@ class GenerationLogger(L.Callback):
             builder = model.get_prompt_builder()
             builder.add_turn("human", r["conversations"][0]["value"])
             try:
-                text = model.generate(r["video"], builder.get_prompt(), max_new_tokens=self.max_new_tokens,
-                                      start=r.get("start"), end=r.get("end"))
+                text = model.generate(
+                    r["video"],
+                    builder.get_prompt(),
+                    max_new_tokens=self.max_new_tokens,
+                    start=r.get("start"),
+                    end=r.get("end"),
+                )
             except Exception as e:  # a sample generation must never stop training
                 text = f"<generation failed: {e}>"
             expected = r["conversations"][1]["value"] if len(r["conversations"]) > 1 else ""

@@ -136,7 +136,9 @@ class MERVDataModule(L.LightningDataModule):
         dataset = self._dataset(self.train_records)
         dataset.skip_counter = self.skip_counter
         trainer = self.trainer
-        sampler = ResumableSampler(dataset, trainer.world_size, trainer.global_rank, self.hparams.shuffle, self.hparams.seed)
+        sampler = ResumableSampler(
+            dataset, trainer.world_size, trainer.global_rank, self.hparams.shuffle, self.hparams.seed
+        )
         # On `fit --ckpt_path`, `load_state_dict` has run before this: skip what the epoch already trained on.
         resume, self._resume_from = self._resume_from, None
         if resume and resume["epoch"] == trainer.current_epoch:

@@ -54,11 +54,14 @@ def load_state(model: VideoLM, state: dict[str, torch.Tensor], source: str | os.
     result = model.load_state_dict(state, strict=False)
     named_llm = model.config.llm.name_or_path is not None
     bad = [
-        k for k in result.missing_keys
+        k
+        for k in result.missing_keys
         if not (model._stored_by_reference(k) or (named_llm and k.startswith("llm.") and "lora_" not in k))
     ]
     if bad or result.unexpected_keys:
-        raise RuntimeError(f"{source} does not match the model: missing {bad[:8]}, unexpected {result.unexpected_keys[:8]}")
+        raise RuntimeError(
+            f"{source} does not match the model: missing {bad[:8]}, unexpected {result.unexpected_keys[:8]}"
+        )
     return result.missing_keys
 
 

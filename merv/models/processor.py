@@ -72,7 +72,9 @@ class VideoLMProcessor:
         one resize; only the normalisation is per encoder.
         """
         if len(frames_per_encoder) != len(self.frame_specs):
-            raise ValueError(f"got frames for {len(frames_per_encoder)} encoders, the model has {len(self.frame_specs)}")
+            raise ValueError(
+                f"got frames for {len(frames_per_encoder)} encoders, the model has {len(self.frame_specs)}"
+            )
         resized: dict[tuple[int, int], torch.Tensor] = {}
         out = []
         for spec, frames in zip(self.frame_specs, frames_per_encoder):

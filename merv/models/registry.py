@@ -41,7 +41,10 @@ _MODELS: dict[str, tuple[Callable[[], VideoLMConfig], str]] = {
     "merv-full": (lambda: _merv(list(MERV_ENCODERS.values())), "four encoders, LLM instruction-tuned (stage 2)"),
     "merv-frozen": (lambda: _merv(list(MERV_ENCODERS.values())), "four encoders, LLM kept frozen"),
     **{
-        f"merv-{key}-only": (lambda enc=enc: _merv([enc]), f"single-encoder baseline ({enc.id}, {enc.num_frames} frames)")
+        f"merv-{key}-only": (
+            lambda enc=enc: _merv([enc]),
+            f"single-encoder baseline ({enc.id}, {enc.num_frames} frames)",
+        )
         for key, enc in MERV_ENCODERS.items()
     },
     "merv-tiny": (VideoLMConfig.tiny, "CPU-sized: two tiny encoders (4 and 8 frames) and a 2-layer LLM"),

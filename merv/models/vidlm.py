@@ -246,7 +246,9 @@ class VideoLM(nn.Module):
         visual, weights = self.fuse(aligned_features)  # (B_v, L_v, D)
         if video_mask is None or int(video_mask.sum()) != visual.shape[0] * visual.shape[1]:
             found = 0 if video_mask is None else int(video_mask.sum())
-            raise ValueError(f"batch has {found} video positions for {visual.shape[0]} videos x {visual.shape[1]} tokens")
+            raise ValueError(
+                f"batch has {found} video positions for {visual.shape[0]} videos x {visual.shape[1]} tokens"
+            )
         embeds = embeds.masked_scatter(video_mask.unsqueeze(-1), visual.to(embeds.dtype))
         return embeds, weights
 
@@ -304,10 +306,16 @@ class VideoLM(nn.Module):
             item["pixel_values"] = self.processor.videos_pixels(v, start, end)
             items.append(item)
         batch = self.processor.collate(items, padding_side="left")  # generation appends on the right
-        embeds, _ = self.embed_inputs(batch["input_ids"].to(self.device), batch["video_mask"].to(self.device),
-                                      batch["pixel_values"])
-        kwargs = {"max_new_tokens": 128, "do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
-                  "eos_token_id": self.tokenizer.eos_token_id, **generate_kwargs}
+        embeds, _ = self.embed_inputs(
+            batch["input_ids"].to(self.device), batch["video_mask"].to(self.device), batch["pixel_values"]
+        )
+        kwargs = {
+            "max_new_tokens": 128,
+            "do_sample": False,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+            **generate_kwargs,
+        }
         out = self.llm.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device), **kwargs)
         texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
         return texts[0] if single else texts
@@ -385,7 +393,9 @@ class VideoLM(nn.Module):
         config = VideoLMConfig(**meta["config"])
         tokenizer = AutoTokenizer.from_pretrained(path / LLM_DIR)
         llm = AutoModelForCausalLM.from_pretrained(
-            path / LLM_DIR, dtype=dtype or getattr(torch, config.llm.dtype), attn_implementation=config.llm.attn_implementation
+            path / LLM_DIR,
+            dtype=dtype or getattr(torch, config.llm.dtype),
+            attn_implementation=config.llm.attn_implementation,
         )
         if meta.get("lora"):
             from peft import PeftModel
@@ -395,8 +405,10 @@ class VideoLM(nn.Module):
         result = model.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=False)
         missing = [k for k in result.missing_keys if not k.startswith("llm.") and not model._stored_by_reference(k)]
         if missing or result.unexpected_keys:
-            raise RuntimeError(f"{path / WEIGHTS_NAME} does not match the config: missing {missing}, "
-                               f"unexpected {result.unexpected_keys}")
+            raise RuntimeError(
+                f"{path / WEIGHTS_NAME} does not match the config: missing {missing}, "
+                f"unexpected {result.unexpected_keys}"
+            )
         if dtype is not None:
             model.to(dtype)
         model.stage = meta.get("stage")

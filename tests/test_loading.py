@@ -1,0 +1,150 @@
+"""load_vid on every kind of source, the model registry, export with LoRA merge, MERV's quick start."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from merv import available_models, load_vid
+from merv.data.synthetic import generate
+from merv.models import VideoLM, VideoLMConfig
+from merv.models.loading import ModelNotFoundError
+from merv.models.registry import model_config
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory) -> Path:
+    """A short LoRA run through the CLI (large lr so the adapters move away from zero)."""
+    from test_training import fit
+
+    tmp = tmp_path_factory.mktemp("lora_run")
+    data = tmp / "data"
+    generate(data, num_videos=8, seed=0)
+    fit(tmp / "run", data, "--trainer.max_steps", "3", "--model.lr", "0.05", stage="lora")
+    return tmp / "run/run/version_0"
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> str:
+    data = tmp_path_factory.mktemp("video")
+    generate(data, num_videos=5, seed=1)
+    return str(next((data / "videos").glob("*.mp4")))
+
+
+def ask(model, video) -> str:
+    builder = model.get_prompt_builder()
+    builder.add_turn("human", "Describe the video.")
+    return model.generate(video, builder.get_prompt(), max_new_tokens=8)
+
+
+def test_load_vid_reads_saved_dirs_checkpoints_and_run_dirs_alike(lora_run, video):
+    from_dir = load_vid(lora_run / "model")
+    from_ckpt = load_vid(lora_run / "checkpoints/last.ckpt")
+    from_run = load_vid(lora_run)
+    batch = from_dir.prepare_batch(
+        [
+            {
+                "video": video,
+                "conversations": [
+                    {"from": "human", "value": "<video>\nDescribe."},
+                    {"from": "gpt", "value": "a red circle"},
+                ],
+            }
+        ]
+    )
+    expected = from_dir(**batch).logits
+    for model in (from_ckpt, from_run):
+        assert not model.training
+        torch.testing.assert_close(model(**batch).logits, expected, rtol=0, atol=0)
+
+
+def test_export_with_lora_merge_generates_like_the_adapter_model(lora_run, tmp_path, video):
+    from export import main as export
+
+    export(["--checkpoint", str(lora_run), "--output", str(tmp_path / "plain")])
+    export(["--checkpoint", str(lora_run), "--output", str(tmp_path / "merged"), "--merge-lora"])
+    plain, merged = VideoLM.from_pretrained(tmp_path / "plain"), VideoLM.from_pretrained(tmp_path / "merged")
+    assert hasattr(plain.llm, "peft_config") and not hasattr(merged.llm, "peft_config")
+    assert json.loads((tmp_path / "merged/config.json").read_text())["lora"] is False
+    # The adapters changed the model, and merging them keeps exactly that change.
+    assert any(p.abs().sum() > 0 for n, p in plain.named_parameters() if "lora_B" in n)
+    assert ask(merged, video) == ask(plain, video)
+
+
+def test_exported_model_loads_without_lightning(lora_run, tmp_path):
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['lightning'] = None; sys.modules['pytorch_lightning'] = None\n"
+        f"from merv import load_vid; m = load_vid({str(lora_run / 'model')!r}); print(type(m).__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "VideoLM"
+
+
+def test_registry_names_resolve_to_merv_configs():
+    names = available_models()
+    assert {"merv-full", "merv-frozen", "merv-tiny"} <= set(names)
+    full = model_config("merv-full")
+    assert [e.num_frames for e in full.encoders] == [16, 16, 32, 16]
+    assert full.fusion == "cross-attention" and full.llm.prompt_format == "merv"
+    singles = [n for n in names if n.endswith("-only")]
+    assert len(singles) == 4
+    assert sorted(model_config(n).encoders[0].num_frames for n in singles) == [16, 16, 16, 32]
+    assert model_config("merv-tiny") == VideoLMConfig.tiny()
+    with pytest.raises(KeyError, match="available"):
+        model_config("merv-huge")
+
+
+def test_model_yaml_matches_the_registry():
+    shipped = VideoLMConfig(**yaml.safe_load((ROOT / "configs/model/merv-full.yaml").read_text()))
+    assert shipped == model_config("merv-full")
+
+
+def test_a_registered_name_without_local_weights_explains_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as err:
+        load_vid("merv-full", cache_dir=tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "merv-full") in message
+    assert "scripts/export.py" in message
+
+
+def test_a_registered_name_loads_from_the_model_cache(lora_run, tmp_path, monkeypatch):
+    model = load_vid(lora_run / "model")
+    model.save_pretrained(tmp_path / "models/merv-tiny")
+    monkeypatch.setenv("MERV_CACHE", str(tmp_path))
+    assert isinstance(load_vid("merv-tiny"), VideoLM)
+
+
+def test_unknown_source_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a saved model directory"):
+        load_vid(tmp_path / "nothing-here")
+
+
+def test_merv_quick_start_snippet_runs_with_the_tiny_trained_model(lora_run, video):
+    # MERV's README flow, unchanged apart from the model name.
+    vidlm = load_vid(str(lora_run / "model"))
+    vidlm.to("cpu", dtype=torch.float32)
+    prompt_builder = vidlm.get_prompt_builder()
+    prompt_builder.add_turn(role="human", message="What is going on in this video?")
+    prompt_text = prompt_builder.get_prompt()
+    generated_text = vidlm.generate(
+        video, prompt_text, num_frames=[4, 8], do_sample=True, temperature=0.4, max_new_tokens=16
+    )
+    assert isinstance(generated_text, str)
+
+
+def test_quick_start_script_answers(lora_run, video, capsys):
+    from quick_start import main as quick_start
+
+    text = quick_start(["--model", str(lora_run / "model"), "--video", video, "--max-new-tokens", "6"])
+    assert capsys.readouterr().out.strip() == text
