@@ -67,7 +67,8 @@ COT_INSTRUCTION = (
 PROMPT_VERSION = "action-v1"
 """Changes whenever the question or the few-shot layout changes, so reports say which prompt they used."""
 
-DEFAULT_MAX_NEW_TOKENS = {"zero-shot": 16, "few-shot": 16, "cot": 256, "loglik": 0}
+DEFAULT_MAX_NEW_TOKENS: dict[str, int | None] = {"zero-shot": 16, "few-shot": 16, "cot": 256, "loglik": None}
+"""Generation length per mode (`loglik` generates nothing)."""
 
 # Phrase -> classes it may stand for, in order of preference; the first one in the label set wins, so the
 # same table serves OmniFall names (`fall`, `lie_down`) and folder-dataset names (`fall_down`, `lying_down`).
@@ -309,7 +310,7 @@ class LabelParser:
 
 
 @lru_cache(maxsize=32)
-def _parser(classes: tuple[str, ...]) -> LabelParser:
+def _cached_parser(classes: tuple[str, ...]) -> LabelParser:
     return LabelParser(classes)
 
 
@@ -321,7 +322,7 @@ def parse_label(
     from_end: bool = False,
 ) -> ParsedLabel:
     """Map a reply to one of `classes` (see `LabelParser.parse`); None label = unparsed, never a guess."""
-    parser = _parser(tuple(classes)) if synonyms is None else LabelParser(classes, synonyms)
+    parser = _cached_parser(tuple(classes)) if synonyms is None else LabelParser(classes, synonyms)
     return parser.parse(text, from_end=from_end)
 
 
@@ -401,6 +402,30 @@ def _is_folder(path: Path, format: str | None) -> bool:
     return path.is_dir()
 
 
+_QUESTION_RE = re.compile(re.escape(ACTION_QUESTION).replace(re.escape("{labels}"), "(.+)"))
+
+
+def _classes_from_questions(records: Sequence[Mapping[str, Any]]) -> tuple[str, ...] | None:
+    """The label set every record's question lists, when they all ask the same classification question.
+
+    The training question names the whole label set, so a split missing some class (or a prepared file of
+    one split) still yields the classes, in the order the model was asked them.
+    """
+    found: set[str] = set()
+    for r in records:
+        turns = r.get("conversations") or []
+        match = _QUESTION_RE.search(turns[0].get("value", "")) if turns else None
+        if match is None:
+            return None
+        found.add(match.group(1))
+        if len(found) > 1:
+            return None
+    if not found:
+        return None
+    names = tuple(normalize_label(c) for c in found.pop().split(","))
+    return names if len(set(names)) == len(names) else None
+
+
 def load_action_records(
     path: str | os.PathLike,
     *,
@@ -420,8 +445,9 @@ def load_action_records(
         video_root: folder that video paths are relative to.
         split_file: OmniFall split CSV (cross-subject, cross-view, ...): keep only those videos.
         split: for folder datasets with `train/val/test` folders (or records with a `split` field): keep one.
-        classes: the label set; None = OmniFall's 16 classes for data whose labels all are OmniFall classes
-            (label CSVs), else the dataset's own classes (sorted, as the folder reader orders them).
+        classes: the label set; None = the classes the records' question lists (label CSVs: OmniFall's 16;
+            class folders: the sorted folder names; prepared files: what they were prepared with), else
+            OmniFall's classes when every label is one, else the sorted labels found.
         label_map: renames labels before they are checked against the label set (`fall_down` -> `fall`).
 
     Returns:
@@ -440,8 +466,11 @@ def load_action_records(
             raise AnnotationError(path, f"record {i}", "label", "missing; an action dataset needs a class label")
         r["label"] = label_map.get(normalize_label(r["label"]), normalize_label(r["label"]))
     all_labels = sorted({r["label"] for r in records})
+    asked = None if label_map else _classes_from_questions(records)
     if classes is not None:
         names = tuple(normalize_label(c) for c in classes)
+    elif asked is not None and set(all_labels) <= set(asked):
+        names = asked
     elif not _is_folder(path, format) and set(all_labels) <= set(OMNIFALL_CLASSES):
         names = OMNIFALL_CLASSES
     else:
@@ -673,7 +702,25 @@ class ExemplarSelector:
 # ---- prediction ------------------------------------------------------------------------------------------
 
 
+def _check_prompt_fits(model: ActionModel, prompt: str, num_videos: int) -> None:
+    """A generation prompt cut at the model's `max_length` loses its end (the query): refuse it instead."""
+    processor = getattr(model, "processor", None)
+    limit = getattr(processor, "max_length", None)
+    if limit is None:
+        return
+    try:
+        length = len(processor.encode_prompt(prompt, has_video=num_videos)["input_ids"])
+    except ValueError as e:
+        raise ValueError(f"the prompt with {num_videos} video(s) does not fit max_length={limit}: {e}") from None
+    if length >= limit:
+        raise ValueError(
+            f"the prompt with {num_videos} video(s) reaches max_length={limit} tokens and would be cut; "
+            "use fewer few-shot exemplars or a model with a longer max_length"
+        )
+
+
 def _generate(model: ActionModel, video: Any, prompt: str, record: Mapping[str, Any], max_new_tokens: int) -> str:
+    _check_prompt_fits(model, prompt, len(video) if isinstance(video, list) else 1)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False}
     if not isinstance(video, list):
         kwargs.update(start=record.get("start"), end=record.get("end"))
@@ -1022,12 +1069,16 @@ def action_report(
         "mode": cfg.mode,
         "prompt_version": PROMPT_VERSION,
         "question": task.prompt(cot=cfg.mode == "cot"),
-        "max_new_tokens": cfg.max_new_tokens if cfg.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS[cfg.mode],
+        "max_new_tokens": None
+        if cfg.mode == "loglik"
+        else (cfg.max_new_tokens if cfg.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS[cfg.mode]),
         "positive": positive,
         "unparsed_as": cfg.unparsed_as,
     }
     if cfg.mode == "few-shot":
         settings.update(k=cfg.k, exemplars=cfg.exemplars, seed=cfg.seed, exemplar_pool=cfg.exemplar_pool)
+    if cfg.mode == "loglik":
+        settings["scoring"] = "argmin over the classes of the mean token NLL of the class name as the answer"
     return {
         "task": "action",
         "model_path": cfg.model_path,
