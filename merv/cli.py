@@ -15,6 +15,7 @@ class MERVCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Shuffling follows the run's seed, so one number makes a run reproducible.
         parser.link_arguments("seed_everything", "data.seed")
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
 
 
 def main(args: list[str] | None = None) -> MERVCLI:

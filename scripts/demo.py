@@ -4,8 +4,8 @@
 
 Steps: (1) write the synthetic shapes/actions videos and annotations if they are not there yet,
 (2) `python -m merv.cli fit --config configs/experiments/quickstart.yaml` (in-process), which also
-exports the trained model with `save_pretrained`, (3) score the held-out NExT-QA-style multiple-choice
-file by option log-likelihood and print the accuracy next to chance.
+exports the trained model with `save_pretrained` to `<output-dir>/run/version_0/model`, (3) score the
+held-out NExT-QA-style multiple-choice file by option log-likelihood and print the accuracy next to chance.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("demo")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,45 +46,43 @@ def main(argv: list[str] | None = None) -> dict:
     if not (data / "captions.json").is_file():
         generate(data, num_videos=args.num_videos, seed=args.seed)
 
-    cli = cli_main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs/experiments/quickstart.yaml"),
-            "--seed_everything",
-            str(args.seed),
-            "--trainer.default_root_dir",
-            args.output_dir,
-            "--trainer.logger.init_args.save_dir",
-            args.output_dir,
-            "--data.train_files",
-            json.dumps([str(data / "captions.json"), str(data / "instruct.json")]),
-            "--data.val_files",
-            json.dumps([str(data / "val.json")]),
-            *(["--trainer.max_steps", str(args.max_steps)] if args.max_steps else []),
-        ]
-    )
+    run_dir = Path(args.output_dir) / "run" / "version_0"
+    if run_dir.exists():
+        # The demo always trains from scratch into the same place, so quick_start.py finds its model.
+        logger.info("replacing the previous demo run in %s", run_dir)
+        shutil.rmtree(run_dir)
+    overrides = {
+        "--seed_everything": str(args.seed),
+        "--trainer.default_root_dir": args.output_dir,
+        "--trainer.logger.init_args.version": "0",
+        "--data.train_files": json.dumps([str(data / "captions.json"), str(data / "instruct.json")]),
+        "--data.val_files": json.dumps([str(data / "val.json")]),
+    }
+    if args.max_steps:
+        overrides["--trainer.max_steps"] = str(args.max_steps)
+    config = str(ROOT / "configs/experiments/quickstart.yaml")
+    cli = cli_main(["fit", "--config", config, *[x for kv in overrides.items() for x in kv]])
     trained = time.perf_counter()
-    model_dir = Path(cli.trainer.log_dir) / "model"
 
+    model_dir = run_dir / "model"
     model = VideoLM.from_pretrained(model_dir)
-    outcome = evaluate(
+    report = evaluate(
         model,
         EvalConfig(
             task="nextqa",
             question_file=data / "nextqa.csv",
             video_root=data / "videos",
-            output_dir=Path(cli.trainer.log_dir) / "eval",
+            output_dir=run_dir / "eval",
             model_path=str(model_dir),
             strategy="loglik",
         ),
-    )
-    report = outcome.report
+    ).report
     chance = 1 / 5
     result = {
         "accuracy": report["accuracy"],
         "chance": chance,
         "per_type": {k: v["accuracy"] for k, v in report["per_type"].items()},
+        "steps": cli.trainer.global_step,
         "train_minutes": round((trained - started) / 60, 2),
         "total_minutes": round((time.perf_counter() - started) / 60, 2),
         "model_dir": str(model_dir),

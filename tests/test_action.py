@@ -575,7 +575,7 @@ def test_lora_recipe_learns_the_generated_actions(tmp_path, monkeypatch):
         "--data.val_files", json.dumps([str(fall / "inst" / "val.jsonl")]),
         "--data.test_files", json.dumps([str(fall / "inst" / "test.jsonl")]),
         "--data.num_workers", "0", "--trainer.max_steps", "400", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger.init_args.save_dir", str(tmp_path / "run"),
+        "--trainer.default_root_dir", str(tmp_path / "run"),
     ])  # fmt: skip
     tuned = Path(cli.trainer.log_dir) / "model"
     assert json.loads((tuned / "config.json").read_text())["lora"] is True

@@ -29,7 +29,7 @@ def test_two_process_cpu_ddp_completes_and_shards_the_data(tmp_path):
         "default_root_dir": str(tmp_path / "run"),
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": str(tmp_path / "run"), "name": "run", "version": 0},
+            "init_args": {"name": "run", "version": 0},
         },
         "callbacks": [
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},

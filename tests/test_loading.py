@@ -148,3 +148,8 @@ def test_quick_start_script_answers(lora_run, video, capsys):
 
     text = quick_start(["--model", str(lora_run / "model"), "--video", video, "--max-new-tokens", "6"])
     assert capsys.readouterr().out.strip() == text
+
+
+def test_tiny_model_yaml_matches_the_tiny_config():
+    shipped = VideoLMConfig(**yaml.safe_load((ROOT / "configs/model/tiny.yaml").read_text()))
+    assert shipped == model_config("merv-tiny") == VideoLMConfig.tiny()

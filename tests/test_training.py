@@ -46,7 +46,7 @@ def trainer_yaml(path: Path, every_n_steps: int = 1, generation_every: int = 0, 
         "default_root_dir": str(path),
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": str(path), "name": "run", "version": 0},
+            "init_args": {"name": "run", "version": 0},
         },
         "callbacks": [
             {

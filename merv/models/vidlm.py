@@ -29,6 +29,7 @@ from merv.models.prompting import VIDEO_TOKEN, PromptBuilder, PromptFormat
 logger = logging.getLogger(__name__)
 
 Stage = Literal["align", "finetune", "lora"]
+_LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LLM_DIR, ADAPTER_DIR = "llm", "llm_adapter"
@@ -100,6 +101,8 @@ class VideoLMConfig:
             tokens_per_frame=4,
             fusion=fusion,
             max_length=512,
+            # The tiny LLM's output head is adapted too, so LoRA can teach it words it never produced.
+            lora=LoraSettings(target_modules=[*_LLAMA_LINEAR, "lm_head"]),
         )
 
     def to_dict(self) -> dict[str, Any]:

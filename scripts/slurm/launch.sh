@@ -20,6 +20,5 @@ srun --kill-on-bad-exit=1 "$PYTHON" -m merv.cli fit \
   --trainer.devices "$SLURM_NTASKS_PER_NODE" \
   --trainer.num_nodes "$SLURM_NNODES" \
   --trainer.default_root_dir "$RUN_DIR" \
-  --trainer.logger.init_args.save_dir "$RUN_DIR" \
   --trainer.logger.init_args.version 0 \
   "${resume[@]}" "$@"
