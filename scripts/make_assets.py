@@ -149,9 +149,7 @@ def architecture_labels(config: Any, name: str) -> dict[str, Any]:
     return {
         "title": f'MERV architecture ("{name}"): {n} frozen encoders → {config.fusion} fusion → LLM',
         "video": f"video clip\ndecoded once at {max(f for f in frames if f)} frames, each encoder takes its own subset",
-        "encoders": [
-            (f"{e.id}\n{e.num_frames} frames · frozen", e.pretrained or "random init") for e in encoders
-        ],
+        "encoders": [(f"{e.id}\n{e.num_frames} frames · frozen", e.pretrained or "random init") for e in encoders],
         "align": f"align: pool to\nT × h·w = {temporal} × {side}×{side}",
         "projector": f"{config.projector.upper()} projector\n→ LLM width",
         "fusion_title": f"{config.fusion} fusion",
@@ -342,9 +340,11 @@ def checkpoint_accuracies(
             if step in seen_steps:
                 continue
             logger.info("evaluating %s (step %d) on %s", ckpt, step, question_file)
-            entry = {"step": step, "checkpoint": str(ckpt.relative_to(run_dir)), **evaluate_checkpoint(
-                ckpt, question_file, video_root
-            )}
+            entry = {
+                "step": step,
+                "checkpoint": str(ckpt.relative_to(run_dir)),
+                **evaluate_checkpoint(ckpt, question_file, video_root),
+            }
             cache[sha] = entry
             _write_cache(cache_path, question_file, question_sha, cache)  # a killed rerun keeps what it did
         if entry["step"] in seen_steps:
@@ -353,8 +353,9 @@ def checkpoint_accuracies(
         entries[sha] = entry
     if not found:
         logger.info("%s holds no checkpoints: the accuracy curve has the final report only", run_dir)
-    # Keep only this run's checkpoints so the committed cache matches the figure.
-    _write_cache(cache_path, question_file, question_sha, entries)
+    if entries or cache_path.exists():
+        # Keep only this run's checkpoints so the committed cache matches the figure.
+        _write_cache(cache_path, question_file, question_sha, entries)
     return [{**e, "source": "checkpoint"} for e in sorted(entries.values(), key=lambda e: e["step"])]
 
 
@@ -384,7 +385,12 @@ def chance_level(question_file: Path | None, video_root: Path | None) -> tuple[f
 
 
 def plot_curves(
-    train: Series, val: Series | None, accuracy: Sequence[Mapping[str, Any]], chance: float, path: Path
+    train: Series,
+    val: Series | None,
+    accuracy: Sequence[Mapping[str, Any]],
+    chance: float,
+    path: Path,
+    title: str = "Training run",
 ) -> None:
     """Loss curves on top; held-out MCQ accuracy over training (with the chance line) below, when known."""
     rows = 2 if accuracy else 1
@@ -400,7 +406,7 @@ def plot_curves(
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel("cross-entropy (log scale)")
-    ax.set_title("CPU quick start: tiny MERV model on generated shapes videos")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right", fontsize=9)
     if accuracy:
@@ -529,6 +535,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="assets", help="output folder")
     p.add_argument("--model", default="merv-full", help="registered model drawn in architecture.png")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample video")
+    p.add_argument(
+        "--title",
+        default="CPU quick start: tiny MERV model on generated shapes videos",
+        help="title of demo_curves.png",
+    )
     return p.parse_args(argv)
 
 
@@ -593,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         logger.info("%s not found: kept checkpoints are not evaluated", question_file)
     chance, chance_source = chance_level(question_file if have_questions else None, video_root)
-    plot_curves(train, val, accuracy, chance, out / "demo_curves.png")
+    plot_curves(train, val, accuracy, chance, out / "demo_curves.png", args.title)
     written["demo_curves"] = str(out / "demo_curves.png")
 
     fusion = {tag.removeprefix("fusion/"): s for tag, s in scalars.items() if tag.startswith("fusion/") and s["steps"]}
