@@ -64,8 +64,13 @@ def run(command: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
         options = [a for a in argv[1:] if a.startswith("--") and argv.index(a) < 3]
         script = next(a for a in argv[1:] if a.endswith(".sbatch"))
         nodes = options[0].split()[-1] if options else "1"
-        env.update(SLURM_JOB_NAME="docs", SLURM_JOB_ID="42", SLURM_NTASKS_PER_NODE="8", SLURM_NNODES=nodes,
-                   PYTHON=sys.executable)
+        env.update(
+            SLURM_JOB_NAME="docs",
+            SLURM_JOB_ID="42",
+            SLURM_NTASKS_PER_NODE="8",
+            SLURM_NNODES=nodes,
+            PYTHON=sys.executable,
+        )
         argv = ["bash", script, *argv[argv.index(script) + 1 :]]
     elif argv[0].endswith("tensorboard"):
         argv = [str(Path(sys.executable).parent / "tensorboard"), *argv[1:], "--inspect"]
@@ -90,8 +95,13 @@ def test_every_documented_command_runs(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake_srun(bin_dir)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "JSONARGPARSE_DEPRECATION_WARNINGS": "off",
-           "HF_HUB_OFFLINE": "1", "MERV_CACHE": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "JSONARGPARSE_DEPRECATION_WARNINGS": "off",
+        "HF_HUB_OFFLINE": "1",
+        "MERV_CACHE": str(tmp_path / "cache"),
+    }
     env.pop("PYTHONPATH", None)
     ran = []
     for name in DOCS:

@@ -783,7 +783,6 @@ class VideoTensorCache:
         dataset_id: names the dataset (e.g. the benchmark name or annotation file), so two datasets never share
             entries even if their paths collide after moving.
         writable: allow `put` (and storing in `preprocess`).
-        dtype: storage dtype of new entries (float32 keeps them exact).
     """
 
     def __init__(
@@ -793,7 +792,6 @@ class VideoTensorCache:
         dataset_id: str,
         *,
         writable: bool = False,
-        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.specs = list(frame_specs)
         key = {
@@ -805,7 +803,6 @@ class VideoTensorCache:
         slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset_id)[:40] or "dataset"
         self.dir = Path(root) / f"pixels-{slug}-{_digest(key)}"
         self.writable = writable
-        self.dtype = dtype
         self.hits = 0
         self.misses = 0
 
@@ -816,7 +813,7 @@ class VideoTensorCache:
     def get(
         self, video: str | os.PathLike, start: float | None = None, end: float | None = None
     ) -> list[torch.Tensor] | None:
-        """Cached `(T_e, 3, S_e, S_e)` float32 pixels per encoder, or None (missing, stale or corrupt entry)."""
+        """Cached `(T_e, 3, S_e, S_e)` uint8 pixels per encoder, or None (missing, stale or corrupt entry)."""
         try:
             ident = VideoIdentity.of(video, start, end)
             meta, tensors = _read_entry(self._path(ident), [f"pixels_{e}" for e in range(len(self.specs))])
@@ -831,7 +828,7 @@ class VideoTensorCache:
             self.misses += 1
             return None
         self.hits += 1
-        return [tensors[f"pixels_{e}"].float() for e in range(len(self.specs))]
+        return [tensors[f"pixels_{e}"] for e in range(len(self.specs))]
 
     def put(
         self, video: str | os.PathLike, start: float | None, end: float | None, pixels: Sequence[torch.Tensor]
@@ -846,7 +843,7 @@ class VideoTensorCache:
         if len(pixels) != len(self.specs):
             raise ValueError(f"got pixels for {len(pixels)} encoders, the cache has {len(self.specs)}")
         ident = VideoIdentity.of(video, start, end)
-        tensors = {f"pixels_{e}": p.to(self.dtype) for e, p in enumerate(pixels)}
+        tensors = {f"pixels_{e}": p.contiguous() for e, p in enumerate(pixels)}
         _write_entry(self._path(ident), tensors, {"key": self._key, **ident.metadata()})
 
     def preprocess(

@@ -50,11 +50,18 @@ PERSON_COLOURS = ((235, 235, 235), (240, 200, 160), (200, 230, 255), (255, 190, 
 # Split of the k-th video of an action class; the offset per class spreads val/test over classes.
 _SPLIT_PATTERN = ("train", "train", "test", "train", "val")
 
+# The last two are the multiple-choice questions' own wording (NExT-QA style: lower case, no question
+# mark), so the held-out MCQ asks in a phrasing the captions were trained with, as a benchmark's train split would.
+_MCQ_QUESTIONS = (
+    ("what happens in the video", "appearance", "DC"),
+    ("how does the shape move in the video", "direction", "TN"),
+)
 _DESCRIBE_PROMPTS = (
     "Describe the video.",
     "What happens in this video?",
     "Give a short caption for this video.",
     "Describe what you see in the clip.",
+    *(question for question, _, _ in _MCQ_QUESTIONS),
 )
 _QUESTIONS = {
     "colour": ("What colour is the shape?", "Which colour does the object have?", "What is the colour of the shape?"),
@@ -292,12 +299,7 @@ def _shapes(out: Path, num_videos: int, rng: np.random.Generator, seed: int) -> 
         video_id = str(v["index"])
         video_map[video_id] = f"videos/{v['name']}"
         truth = (v["colour"], v["shape"], v["direction"])
-        for qid, (question, vary, qtype) in enumerate(
-            [
-                ("what happens in the video", "appearance", "DC"),
-                ("how does the shape move in the video", "direction", "TN"),
-            ]
-        ):
+        for qid, (question, vary, qtype) in enumerate(_MCQ_QUESTIONS):
             options, answer = _mcq_options(truth, vary, rng)
             mcq_rows.append([video_id, NUM_FRAMES, SIZE, SIZE, question, answer, qid, qtype, *options])
     _write_csv(out / "nextqa.csv", header, mcq_rows)

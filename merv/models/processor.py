@@ -66,26 +66,23 @@ class VideoLMProcessor:
         return gather_frames(frames, self.frame_counts)
 
     def pixels(self, frames_per_encoder: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Resize and normalise each encoder's frames: `(T_e, 3, S_e, S_e)` float32 each.
+        """Resize each encoder's frames to its input size: `(T_e, 3, S_e, S_e)` uint8 each.
 
-        Encoders with the same frame count see the same frames, so those with the same size also share
-        one resize; only the normalisation is per encoder.
+        Pixels stay uint8 until `VideoLM.encode_aligned` normalises them on the model's device: a quarter of
+        the bytes through worker queues and host-to-device copies, and no float pass on the CPU. Encoders
+        with the same frame count see the same frames, so those with the same size share one resize.
         """
         if len(frames_per_encoder) != len(self.frame_specs):
-            raise ValueError(
-                f"got frames for {len(frames_per_encoder)} encoders, the model has {len(self.frame_specs)}"
-            )
+            raise ValueError(f"got frames for {len(frames_per_encoder)} encoders, the model has {len(self.frame_specs)}")
         resized: dict[tuple[int, int], torch.Tensor] = {}
-        out = []
         for spec, frames in zip(self.frame_specs, frames_per_encoder):
             key = (spec.num_frames, spec.image_size)
             if key not in resized:
                 resized[key] = spec.resize(frames)
-            out.append(spec.normalize(resized[key]))
-        return out
+        return [resized[(spec.num_frames, spec.image_size)] for spec in self.frame_specs]
 
     def preprocess(self, video, start: float | None = None, end: float | None = None) -> list[torch.Tensor]:
-        """Video file or `(T, H, W, 3)` uint8 frames → one `(T_e, 3, S_e, S_e)` tensor per encoder."""
+        """Video file or `(T, H, W, 3)` uint8 frames → one resized `(T_e, 3, S_e, S_e)` uint8 tensor per encoder."""
         return self.pixels(self.load_frames(video, start, end))
 
     # ---- text ----------------------------------------------------------------------------------

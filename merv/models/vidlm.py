@@ -202,8 +202,10 @@ class VideoLM(nn.Module):
     # ---- inputs --------------------------------------------------------------------------------
 
     def preprocess(self, frames, start: float | None = None, end: float | None = None) -> list[torch.Tensor]:
-        """Video path or `(T, H, W, 3)` uint8 frames → one `(T_e, 3, H_e, W_e)` tensor per encoder."""
-        return self.processor.preprocess(frames, start, end)
+        """Video path or `(T, H, W, 3)` uint8 frames → one `(T_e, 3, H_e, W_e)` float tensor per encoder,
+        normalised the encoder's way (batches carry the uint8 pixels and normalise in `encode_aligned`)."""
+        specs = self.processor.frame_specs
+        return [spec.normalize(p) for spec, p in zip(specs, self.processor.preprocess(frames, start, end))]
 
     def prepare_batch(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Samples with `video` (path, frames or None) and LLaVA `conversations` → `model(**batch)` input."""
@@ -217,11 +219,17 @@ class VideoLM(nn.Module):
 
     @torch.no_grad()
     def encode_aligned(self, pixel_values: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Frozen part: run each encoder and align it to `(B, T, tokens_per_frame, D_e)`."""
+        """Frozen part: run each encoder and align it to `(B, T, tokens_per_frame, D_e)`.
+
+        `pixel_values` are the processor's uint8 pixels (normalised here, on the device) or already
+        normalised float pixels.
+        """
         out = []
         for enc, px in zip(self.encoders, pixel_values):
-            dtype = next(enc.parameters()).dtype
-            feats = enc(px.to(self.device, dtype))  # (B, T'_e, N_e, D_e)
+            px = px.to(self.device, non_blocking=True)
+            if px.dtype == torch.uint8:
+                px = enc.frame_spec.normalize(px)
+            feats = enc(px.to(next(enc.parameters()).dtype))  # (B, T'_e, N_e, D_e)
             out.append(align_features(feats, self.temporal_tokens, self.config.tokens_per_frame))
         return out
 

@@ -44,9 +44,9 @@ class FrameSpec:
         return x
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 `(T, 3, S, S)` → float32 `(pixels / 255 - mean) / std` in one pass."""
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        """uint8 `(..., 3, S, S)` → float32 `(pixels / 255 - mean) / std` in one pass, on the pixels' device."""
+        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
         return pixels.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
     def transform(self, frames: torch.Tensor) -> torch.Tensor:
