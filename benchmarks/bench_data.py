@@ -3,15 +3,10 @@
 Three ways to produce one training sample's per-encoder pixels, timed on the same videos in one run:
 
 * bare: `read_frames` of every encoder's frames (their sorted union, decoded once), no transforms: the floor;
-* shared: the training path, `VideoTextDataset.__getitem__` (one decode, then each encoder's resize and
-  normalisation, plus tokenising the conversation);
-* separate: one `read_frames` per encoder, then its transform (what per-encoder pipelines do);
-* proposed: the shared decode with a cheaper transform, `proposed_pixels` below: resize the uint8 frames
-  (antialiased bilinear, as the Hugging Face processors resize uint8 images with PIL), once per distinct
-  (frame count, size), then scale and normalise in place. Not used by training yet: it measures what a
-  change to `FrameSpec.transform` / `VideoLMProcessor.pixels` would gain (pixels differ by uint8 rounding);
-* uint8 out: the proposed resize only, leaving the float conversion and normalisation to the accelerator
-  (batches would carry uint8 pixels, a quarter of the bytes through worker queues and host-to-device copies).
+* shared: the training path, `VideoTextDataset.__getitem__`: one decode, each encoder's uint8 resize (shared
+  by encoders with the same frame count and size), tokenising the conversation. Pixels stay uint8 until the
+  model normalises them on its device, so no float pass happens here;
+* separate: one `read_frames` per encoder, then its resize (what per-encoder pipelines do).
 
 Prints a table and one JSON line. Defaults (MERV's four encoders at 16/16/32/16 frames, 224/224/224/384 px,
 from 320x240 30 fps clips) run in about a minute on a CPU core:
@@ -31,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from merv.data.dataset import VideoTextDataset
 from merv.data.synthetic import write_video
@@ -65,30 +59,6 @@ def make_videos(out: Path, count: int, width: int, height: int, seconds: float, 
         write_video(path, np.stack(frames), fps=fps)
         paths.append(str(path))
     return paths
-
-
-def resize_uint8(specs: list[FrameSpec], frames: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per-encoder `(T, 3, S, S)` uint8 frames, resized once per distinct (frame count, size)."""
-    resized: dict[tuple[int, int], torch.Tensor] = {}
-    for spec, f in zip(specs, frames):
-        key = (spec.num_frames, spec.image_size)  # equal counts sample equal indices from one decode
-        if key not in resized:
-            x = f.permute(0, 3, 1, 2)  # (T, 3, H, W) uint8, channels-last in memory
-            if x.shape[-2:] != (spec.image_size, spec.image_size):
-                x = F.interpolate(x, size=(spec.image_size, spec.image_size), mode="bilinear", antialias=True)
-            resized[key] = x
-    return [resized[(s.num_frames, s.image_size)] for s in specs]
-
-
-def proposed_pixels(specs: list[FrameSpec], frames: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per-encoder float pixels from `resize_uint8`, scaled and normalised in place."""
-    out = []
-    for spec, x in zip(specs, resize_uint8(specs, frames)):
-        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std).view(1, 3, 1, 1)
-        # One pass for 1/255 and the normalisation: x / (255 std) - mean / std.
-        out.append(x.float().mul_(1.0 / (255.0 * std)).sub_(mean / std))
-    return out
 
 
 def timed(fns: dict, paths: list[str], rounds: int) -> dict[str, float]:
@@ -149,21 +119,12 @@ def main(argv: list[str] | None = None) -> dict:
             return dataset[index[p]]
 
         def separate(p):
-            return [spec.transform(read_frames(p, [spec.num_frames], backend=args.backend)[0]) for spec in specs]
+            return [spec.resize(read_frames(p, [spec.num_frames], backend=args.backend)[0]) for spec in specs]
 
-        def proposed(p):
-            return proposed_pixels(specs, read_frames(p, counts, backend=args.backend))
-
-        def uint8_out(p):
-            return resize_uint8(specs, read_frames(p, counts, backend=args.backend))
-
-        # The paths must agree: the shared path gives the same pixels as decoding per encoder, and the
-        # proposed transform stays within uint8 rounding of it (one grey level before normalisation).
-        reference = shared(paths[0])["pixel_values"]
-        for a, b, c, spec in zip(reference, separate(paths[0]), proposed(paths[0]), specs):
-            torch.testing.assert_close(a, b)
-            torch.testing.assert_close(c, a, rtol=0, atol=1.01 / 255 / min(spec.std))
-        paths_fns = {"bare": bare, "shared": shared, "separate": separate, "proposed": proposed, "uint8": uint8_out}
+        # The paths must agree: the shared decode gives exactly the pixels of decoding per encoder.
+        for a, b in zip(shared(paths[0])["pixel_values"], separate(paths[0])):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        paths_fns = {"bare": bare, "shared": shared, "separate": separate}
         for fn in paths_fns.values():  # warm-up: codec initialisation, page cache
             fn(paths[0])
         seconds = timed(paths_fns, paths, args.rounds)
@@ -172,8 +133,6 @@ def main(argv: list[str] | None = None) -> dict:
         ("bare decode (floor)", "bare"),
         ("shared decode + transforms (training path)", "shared"),
         ("separate decode per encoder + transforms", "separate"),
-        ("shared decode + proposed uint8 transforms", "proposed"),
-        ("shared decode + uint8 resize (normalise on device)", "uint8"),
     ]
     print(
         f"\n{len(paths)} clips {args.width}x{args.height} {args.seconds:g}s@{args.fps}fps, frames {counts}, "
@@ -193,15 +152,12 @@ def main(argv: list[str] | None = None) -> dict:
         "samples_per_sec": {k: round(1 / v, 3) for k, v in seconds.items()},
         "shared_over_bare": round(seconds["shared"] / seconds["bare"], 3),
         "separate_over_shared": round(seconds["separate"] / seconds["shared"], 3),
-        "proposed_over_bare": round(seconds["proposed"] / seconds["bare"], 3),
-        "uint8_over_bare": round(seconds["uint8"] / seconds["bare"], 3),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
     print(
         f"shared/bare = {result['shared_over_bare']:.2f}x (target <= 1.3x); separate/shared = "
-        f"{result['separate_over_shared']:.2f}x; proposed/bare = {result['proposed_over_bare']:.2f}x; "
-        f"uint8/bare = {result['uint8_over_bare']:.2f}x"
+        f"{result['separate_over_shared']:.2f}x"
     )
     print(json.dumps(result))
     return result
