@@ -34,7 +34,6 @@ def doc_commands(name: str) -> list[str]:
 
 def shorten(argv: list[str]) -> list[str]:
     """Keep each command's meaning, make it CPU-test sized."""
-    argv = [sys.executable if a in ("python", ".venv/bin/python") else a for a in argv]
     if "--num-videos" in argv:
         argv[argv.index("--num-videos") + 1] = "8"
     if argv[1:3] == ["-m", "merv.cli"] and "--print_config" not in argv:
@@ -59,11 +58,11 @@ def run(command: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
         assignment, command = command.split(" ", 1)
         key, value = assignment.split("=", 1)
         env[key] = value
-    argv = shlex.split(command)
+    argv = [sys.executable if a in ("python", ".venv/bin/python") else a for a in shlex.split(command)]
     if argv[0] == "sbatch":
-        options = [a for a in argv[1:] if a.startswith("--") and argv.index(a) < 3]
         script = next(a for a in argv[1:] if a.endswith(".sbatch"))
-        nodes = options[0].split()[-1] if options else "1"
+        sbatch_options = argv[1 : argv.index(script)]
+        nodes = sbatch_options[sbatch_options.index("--nodes") + 1] if "--nodes" in sbatch_options else "1"
         env.update(
             SLURM_JOB_NAME="docs",
             SLURM_JOB_ID="42",

@@ -42,6 +42,7 @@ def trainer_yaml(path: Path, every_n_steps: int = 1, generation_every: int = 0, 
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "log_every_n_steps": 1,
+        "check_val_every_n_epoch": 1,
         "gradient_clip_val": 1.0,
         "default_root_dir": str(path),
         "logger": {
