@@ -73,7 +73,9 @@ class VideoLMProcessor:
         with the same frame count see the same frames, so those with the same size share one resize.
         """
         if len(frames_per_encoder) != len(self.frame_specs):
-            raise ValueError(f"got frames for {len(frames_per_encoder)} encoders, the model has {len(self.frame_specs)}")
+            raise ValueError(
+                f"got frames for {len(frames_per_encoder)} encoders, the model has {len(self.frame_specs)}"
+            )
         resized: dict[tuple[int, int], torch.Tensor] = {}
         for spec, frames in zip(self.frame_specs, frames_per_encoder):
             key = (spec.num_frames, spec.image_size)
