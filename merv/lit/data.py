@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from typing import Literal
 
@@ -14,6 +15,10 @@ from merv.data.cache import CachedFeatureDataset, FeatureCache, fill_missing_fea
 from merv.data.dataset import SkipCounter, VideoTextDataset
 
 logger = logging.getLogger(__name__)
+
+# Lightning warns that a mid-epoch resume replays the epoch unless the DataLoader is stateful; this data
+# module checkpoints its position and skips what was trained on instead, so the warning does not apply.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class ResumableSampler(DistributedSampler):
