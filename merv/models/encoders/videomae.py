@@ -51,36 +51,30 @@ class VideoMAEEncoder(VisionEncoder):
         return self.to_grid(hidden)  # (B, T', N, D)
 
 
+def _config(
+    image: int, patch: int, frames: int, hidden: int, intermediate: int, layers: int, heads: int
+) -> VideoMAEConfig:
+    return VideoMAEConfig(
+        image_size=image,
+        patch_size=patch,
+        num_frames=frames,
+        tubelet_size=2,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        use_mean_pooling=False,
+    )
+
+
 @register_encoder("videomae-b16-224")
 def videomae_b16_224(pretrained: str | None = None, num_frames: int = 16) -> VideoMAEEncoder:
     """VideoMAE ViT-B/16 at 224 px, tubelet 2: 8 x 14x14 tokens of width 768 for 16 frames
     (weights: `MCG-NJU/videomae-base`)."""
-    config = VideoMAEConfig(
-        image_size=224,
-        patch_size=16,
-        num_frames=num_frames,
-        tubelet_size=2,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        use_mean_pooling=False,
-    )
-    return VideoMAEEncoder(config, pretrained=pretrained)
+    return VideoMAEEncoder(_config(224, 16, num_frames, 768, 3072, 12, 12), pretrained=pretrained)
 
 
 @register_encoder("videomae-tiny")
 def videomae_tiny(pretrained: str | None = None, num_frames: int = 8) -> VideoMAEEncoder:
     """CPU-sized random VideoMAE for tests: 32 px, tubelet 2, 4 x 4x4 tokens of width 32 for 8 frames."""
-    config = VideoMAEConfig(
-        image_size=32,
-        patch_size=8,
-        num_frames=num_frames,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        use_mean_pooling=False,
-    )
-    return VideoMAEEncoder(config, pretrained=pretrained)
+    return VideoMAEEncoder(_config(32, 8, num_frames, 32, 64, 2, 2), pretrained=pretrained)

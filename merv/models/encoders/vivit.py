@@ -51,36 +51,31 @@ class VivitEncoder(VisionEncoder):
         return self.to_grid(hidden, prefix_tokens=1)  # (B, T', N, D)
 
 
+def _config(
+    image: int, patch: int, frames: int, hidden: int, intermediate: int, layers: int, heads: int
+) -> VivitConfig:
+    # Tubelets span 2 frames; gelu_fast and eps 1e-6 are the published Kinetics-400 checkpoint's settings.
+    return VivitConfig(
+        image_size=image,
+        num_frames=frames,
+        tubelet_size=[2, patch, patch],
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        hidden_act="gelu_fast",
+        layer_norm_eps=1e-6,
+    )
+
+
 @register_encoder("vivit-b16x2-224")
 def vivit_b16x2_224(pretrained: str | None = None, num_frames: int = 32) -> VivitEncoder:
     """ViViT-B/16x2 (joint space-time attention, Kinetics-400) at 224 px: 16 x 14x14 tokens of width 768 for 32 frames
     (weights: `google/vivit-b-16x2-kinetics400`)."""
-    config = VivitConfig(
-        image_size=224,
-        num_frames=num_frames,
-        tubelet_size=[2, 16, 16],
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        hidden_act="gelu_fast",
-        layer_norm_eps=1e-6,
-    )
-    return VivitEncoder(config, pretrained=pretrained)
+    return VivitEncoder(_config(224, 16, num_frames, 768, 3072, 12, 12), pretrained=pretrained)
 
 
 @register_encoder("vivit-tiny")
 def vivit_tiny(pretrained: str | None = None, num_frames: int = 8) -> VivitEncoder:
     """CPU-sized random ViViT for tests: 32 px, tubelet 2x8x8, 4 x 4x4 tokens of width 32 for 8 frames."""
-    config = VivitConfig(
-        image_size=32,
-        num_frames=num_frames,
-        tubelet_size=[2, 8, 8],
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        hidden_act="gelu_fast",
-        layer_norm_eps=1e-6,
-    )
-    return VivitEncoder(config, pretrained=pretrained)
+    return VivitEncoder(_config(32, 8, num_frames, 32, 64, 2, 2), pretrained=pretrained)
