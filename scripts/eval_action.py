@@ -10,18 +10,14 @@ file), cot (reason, then answer), loglik (score every label). Outputs go to --ou
 `<run>_predictions.jsonl`, `<run>_report.json` and `<run>_confusion.png`.
 """
 
-import logging
-
 from merv.eval.action import eval_main, summary_line
+from merv.eval.cli import run_script
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = eval_main()
-    print(summary_line(report))
-    print(f"report: {report['files']['report']}  confusion matrix: {report['files']['confusion_matrix_png']}")
-    return 0
+def render(report: dict) -> str:
+    files = report["files"]
+    return f"{summary_line(report)}\nreport: {files['report']}  confusion matrix: {files['confusion_matrix_png']}"
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(eval_main, render))

@@ -9,16 +9,7 @@ Example:
 token F1 only. Verdicts are cached (`--cache_dir`), so a rerun only pays for items not judged before.
 """
 
-import logging
-
-from merv.eval.cli import gpt_main
-
-
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(gpt_main())
-    return 0
-
+from merv.eval.cli import gpt_main, run_script
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(gpt_main))

@@ -10,17 +10,7 @@ Each chunk writes its own predictions file and resumes after a kill; the chunk t
 all chunks and writes `<output_dir>/<task>_<strategy>_report.json`. `--merge_only` merges by hand.
 """
 
-import logging
-
-from merv.eval.cli import mcq_main
-
-
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = mcq_main()
-    print(summary if summary is not None else "chunk finished; the report is written once every chunk has finished")
-    return 0
-
+from merv.eval.cli import chunk_summary, mcq_main, run_script
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(mcq_main, chunk_summary))

@@ -11,17 +11,7 @@ Predictions follow the `{id, question, answer, pred}` convention, so `scripts/ev
 later. Without `--judge`, the report holds the string-match metric (exact match, token F1) only.
 """
 
-import logging
-
-from merv.eval.cli import openended_main
-
-
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = openended_main()
-    print(summary if summary is not None else "chunk finished; the report is written once every chunk has finished")
-    return 0
-
+from merv.eval.cli import chunk_summary, openended_main, run_script
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(openended_main, chunk_summary))

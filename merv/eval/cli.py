@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +304,15 @@ def gpt_main(argv: Sequence[str] | None = None) -> str:
     write_json_atomic(output, report)
     log.info("wrote %s", output)
     return summary_line(report)
+
+
+def chunk_summary(summary: str | None) -> str:
+    """What a chunked run prints: the report's summary line, or that other chunks are still to finish."""
+    return summary if summary is not None else "chunk finished; the report is written once every chunk has finished"
+
+
+def run_script(entry: Callable[[], Any], render: Callable[[Any], str] = str) -> int:
+    """Body of the `scripts/eval_*.py` wrappers: log to stderr, run `entry`, print its rendered result."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(render(entry()))
+    return 0
