@@ -126,6 +126,7 @@ _FUSION_TEXT = {
     "concat-sequence": "the {n} sequences concatenated one after another (no parameters)",
 }
 _WEIGHTED_FUSIONS = ("cross-attention", "sum")
+_PROJECTOR_NAMES = {"linear": "linear", "mlp": "MLP"}
 
 
 def architecture_labels(config: Any, name: str) -> dict[str, Any]:
@@ -151,7 +152,7 @@ def architecture_labels(config: Any, name: str) -> dict[str, Any]:
         "video": f"video clip\ndecoded once at {max(f for f in frames if f)} frames, each encoder takes its own subset",
         "encoders": [(f"{e.id}\n{e.num_frames} frames · frozen", e.pretrained or "random init") for e in encoders],
         "align": f"align: pool to\nT × h·w = {temporal} × {side}×{side}",
-        "projector": f"{config.projector.upper()} projector\n→ LLM width",
+        "projector": f"{_PROJECTOR_NAMES[config.projector]} projector\n→ LLM width",
         "fusion_title": f"{config.fusion} fusion",
         "fusion": _FUSION_TEXT[config.fusion].format(weights=weights, n=n)
         + (f"\n→ {fused} visual tokens" if fused else ""),

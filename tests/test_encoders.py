@@ -26,6 +26,7 @@ PUBLISHED_SHAPES = {
     "dinov2-reg4-l14-224": (16, 256, 1024),
     "videomae-b16-224": (8, 196, 768),
     "vivit-b16x2-224": (16, 196, 768),
+    "timm-siglip-b16-224": (16, 196, 768),
     "timm-siglip-so400m-384": (16, 729, 1152),
     "timm-dinov2-reg4-l14-224": (16, 256, 1024),
     "timm-vit-b16-224": (16, 196, 768),

@@ -13,24 +13,25 @@ from pathlib import Path
 from merv.models.llm import LLMConfig
 from merv.models.vidlm import EncoderConfig, LoraSettings, VideoLMConfig
 
-# MERV's four encoders with their frame counts. LanguageBind-Video's code lives outside transformers and
-# timm; CLIP ViT-L/14, the image tower it starts from, stands in for it.
+# MERV's four encoders with their frame counts, in MERV's order. LanguageBind-Video's code lives outside
+# transformers and timm; CLIP ViT-L/14, the image tower it starts from, stands in for it.
 MERV_ENCODERS = {
     "languagebind": EncoderConfig("clip-l14-224", 16, "openai/clip-vit-large-patch14"),
     "dinov2": EncoderConfig("timm-dinov2-reg4-l14-224", 16, "timm/vit_large_patch14_reg4_dinov2.lvd142m"),
     "vivit": EncoderConfig("vivit-b16x2-224", 32, "google/vivit-b-16x2-kinetics400"),
-    "siglip": EncoderConfig("timm-siglip-so400m-384", 16, "timm/ViT-SO400M-14-SigLIP-384"),
+    "siglip": EncoderConfig("timm-siglip-b16-224", 16, "timm/vit_base_patch16_siglip_224.webli"),
 }
 MERV_LLM = LLMConfig(name_or_path="meta-llama/Llama-2-7b-hf", dtype="bfloat16", prompt_format="merv")
 
 
 def _merv(encoders: list[EncoderConfig]) -> VideoLMConfig:
+    # MERV pools every encoder to 16 x 8 x 8 (1024 visual tokens) and projects each with one linear layer.
     return VideoLMConfig(
         encoders=encoders,
         llm=MERV_LLM,
         temporal_tokens=16,
-        tokens_per_frame=16,
-        projector="mlp",
+        tokens_per_frame=64,
+        projector="linear",
         fusion="cross-attention",
         max_length=2048,
         lora=LoraSettings(r=128, alpha=256, dropout=0.05, target_modules="all-linear"),

@@ -82,9 +82,16 @@ class TimmViTEncoder(VisionEncoder):
         return self.to_grid(tokens)  # (B, T, N, D)
 
 
+@register_encoder("timm-siglip-b16-224")
+def timm_siglip_b16_224(pretrained: str | None = None, num_frames: int = 16) -> TimmViTEncoder:
+    """SigLIP ViT-B/16 at 224 px, 14x14 patches of width 768, as MERV runs it
+    (weights: `timm/vit_base_patch16_siglip_224.webli`)."""
+    return TimmViTEncoder("vit_base_patch16_siglip_224.webli", num_frames=num_frames, pretrained=pretrained)
+
+
 @register_encoder("timm-siglip-so400m-384")
 def timm_siglip_so400m_384(pretrained: str | None = None, num_frames: int = 16) -> TimmViTEncoder:
-    """SigLIP So400m/14 at 384 px, 27x27 patches of width 1152, as MERV runs it
+    """SigLIP So400m/14 at 384 px, 27x27 patches of width 1152
     (weights: `timm/vit_so400m_patch14_siglip_384.webli`)."""
     return TimmViTEncoder("vit_so400m_patch14_siglip_384.webli", num_frames=num_frames, pretrained=pretrained)
 
