@@ -432,7 +432,8 @@ class BuildStats:
 
 
 class _PixelJobs(Dataset):
-    """Decodes clips once and transforms them for every encoder (DataLoader workers do the work)."""
+    """Decodes clips once and resizes them for every encoder (DataLoader workers do the work); the pixels stay
+    uint8 until `VisionEncoder.encode_aligned` normalises them, as in training."""
 
     def __init__(
         self,
@@ -459,7 +460,7 @@ class _PixelJobs(Dataset):
         except VideoDecodeError as e:
             logger.warning("cannot build features for '%s': %s", job.path, e.reason)
             return SkippedSample(index, e.path, e.reason)
-        return index, [spec.transform(f) for spec, f in zip(self.specs, frames)]
+        return index, [spec.resize(f) for spec, f in zip(self.specs, frames)]
 
 
 def _collate_jobs(items):
@@ -546,8 +547,6 @@ def build_feature_cache(
     """
     from tqdm.auto import tqdm
 
-    from merv.models.projector import align_features
-
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     t = aligned_temporal_tokens(encoders, temporal_tokens)
@@ -599,8 +598,8 @@ def build_feature_cache(
                 rows = [(j, px) for j, px in good if e in todo[j][1]]
                 if not rows:
                     continue
-                pixels = torch.stack([px[e] for _, px in rows]).to(device, next(enc.parameters()).dtype)
-                feats = align_features(enc(pixels), t, tokens_per_frame).to("cpu", dtype)  # (B, T, tpf, D)
+                pixels = torch.stack([px[e] for _, px in rows])
+                feats = enc.encode_aligned(pixels, t, tokens_per_frame).to("cpu", dtype)  # (B, T, tpf, D)
                 for (j, _), f in zip(rows, feats):
                     cache.write(e, todo[j][0], f.clone())
                     stats.entries_written += 1

@@ -23,7 +23,7 @@ from merv.models.encoders import build_encoder
 from merv.models.fusion import FusionKind, build_fusion
 from merv.models.llm import LLMConfig, build_llm, load_tokenizer
 from merv.models.processor import IGNORE_INDEX, VideoLMProcessor
-from merv.models.projector import Projector, align_features
+from merv.models.projector import Projector
 from merv.models.prompting import VIDEO_TOKEN, PromptBuilder, PromptFormat
 
 logger = logging.getLogger(__name__)
@@ -224,14 +224,8 @@ class VideoLM(nn.Module):
         `pixel_values` are the processor's uint8 pixels (normalised here, on the device) or already
         normalised float pixels.
         """
-        out = []
-        for enc, px in zip(self.encoders, pixel_values):
-            px = px.to(self.device, non_blocking=True)
-            if px.dtype == torch.uint8:
-                px = enc.frame_spec.normalize(px)
-            feats = enc(px.to(next(enc.parameters()).dtype))  # (B, T'_e, N_e, D_e)
-            out.append(align_features(feats, self.temporal_tokens, self.config.tokens_per_frame))
-        return out
+        t, tpf = self.temporal_tokens, self.config.tokens_per_frame
+        return [enc.encode_aligned(px, t, tpf) for enc, px in zip(self.encoders, pixel_values)]
 
     def fuse(self, aligned: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Trainable part: project each aligned sequence and fuse them → `(B, L_v, D_llm)`, weights `(B, E)`."""

@@ -121,6 +121,21 @@ class VisionEncoder(nn.Module):
             raise RuntimeError(f"encoder {self.encoder_id!r} returned {tuple(features.shape)}, declared {expected}")
         return features
 
+    def encode_aligned(self, pixels: torch.Tensor, temporal_tokens: int, tokens_per_frame: int) -> torch.Tensor:
+        """Processor pixels `(B, T, 3, S, S)` → features pooled to `(B, temporal_tokens, tokens_per_frame, D)`.
+
+        uint8 pixels (what the data pipeline ships) are normalised here, on the encoder's device; float pixels
+        are taken as already normalised. Training (`VideoLM.encode_aligned`) and the feature cache builder both
+        come through here, so cached features are the ones training would compute.
+        """
+        from merv.models.projector import align_features
+
+        weight = next(self.parameters())
+        pixels = pixels.to(weight.device, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            pixels = self.frame_spec.normalize(pixels)
+        return align_features(self(pixels.to(weight.dtype)), temporal_tokens, tokens_per_frame)
+
     @property
     def frame_spec(self) -> FrameSpec:
         """What the data pipeline needs to prepare this encoder's input, without the weights."""
