@@ -8,7 +8,7 @@ Three ways to produce one training sample's per-encoder pixels, timed on the sam
   model normalises them on its device, so no float pass happens here;
 * separate: one `read_frames` per encoder, then its resize (what per-encoder pipelines do).
 
-Prints a table and one JSON line. Defaults (MERV's four encoders at 16/16/32/16 frames, 224/224/224/384 px,
+Prints a table and one JSON line. Defaults (MERV's four encoders at 16/16/32/16 frames, all at 224 px,
 from 320x240 30 fps clips) run in about a minute on a CPU core:
 
     python benchmarks/bench_data.py [--videos 8] [--seconds 4] [--width 320 --height 240] [--backend pyav]
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--frames", default="16,16,32,16", help="frames per encoder")
-    parser.add_argument("--sizes", default="224,224,224,384", help="input size per encoder")
+    parser.add_argument("--sizes", default="224,224,224,224", help="input size per encoder")
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over the clips (best is kept)")
     parser.add_argument("--backend", default=None, help="decord, pyav or torchcodec (default: decord, then PyAV)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (DataLoader workers use 1)")
