@@ -88,6 +88,23 @@ def test_tiny_samples_are_encoded_independently_and_in_time_order(encoder_id: st
         torch.testing.assert_close(reversed_features, features.flip(1), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("encoder_id", ["siglip-tiny", "vivit-tiny"])
+def test_encode_aligned_normalises_uint8_and_pools(encoder_id: str) -> None:
+    encoder = build_encoder(encoder_id, num_frames=8)
+    frames = torch.randint(0, 256, (8, 37, 50, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    resized = encoder.frame_spec.resize(frames).unsqueeze(0)  # uint8, what the data pipeline ships
+    with torch.no_grad():
+        aligned = encoder.encode_aligned(resized, temporal_tokens=2, tokens_per_frame=4)
+        from_float = encoder.encode_aligned(encoder.transform(frames).unsqueeze(0), 2, 4)  # already normalised
+        full = encoder(encoder.transform(frames).unsqueeze(0))  # (1, T', N, D)
+    assert aligned.shape == (1, 2, 4, encoder.embed_dim)
+    torch.testing.assert_close(aligned, from_float)
+    # Pooling is a plain average: the first temporal token of the first 2x2 cell of the 4x4 grid.
+    side = encoder.grid[0]
+    cell = full.reshape(1, full.shape[1], side, side, -1)[:, : full.shape[1] // 2, : side // 2, : side // 2]
+    torch.testing.assert_close(aligned[0, 0, 0], cell.mean(dim=(1, 2, 3))[0])
+
+
 @pytest.mark.parametrize("encoder_id", TINY_IDS)
 def test_transform_resizes_and_normalises(encoder_id: str) -> None:
     encoder = build_encoder(encoder_id)
