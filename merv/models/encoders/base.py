@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from merv.models.projector import align_features
+
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
@@ -128,8 +130,6 @@ class VisionEncoder(nn.Module):
         are taken as already normalised. Training (`VideoLM.encode_aligned`) and the feature cache builder both
         come through here, so cached features are the ones training would compute.
         """
-        from merv.models.projector import align_features
-
         weight = next(self.parameters())
         pixels = pixels.to(weight.device, non_blocking=True)
         if pixels.dtype == torch.uint8:
