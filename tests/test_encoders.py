@@ -88,6 +88,11 @@ def test_tiny_samples_are_encoded_independently_and_in_time_order(encoder_id: st
         torch.testing.assert_close(reversed_features, features.flip(1), atol=1e-5, rtol=1e-5)
 
 
+def _normalised(encoder: VisionEncoder, frames: torch.Tensor) -> torch.Tensor:
+    """`(T, H, W, 3)` uint8 frames → the encoder's `(T, 3, S, S)` float input, as training prepares it."""
+    return encoder.frame_spec.normalize(encoder.frame_spec.resize(frames))
+
+
 @pytest.mark.parametrize("encoder_id", ["siglip-tiny", "vivit-tiny"])
 def test_encode_aligned_normalises_uint8_and_pools(encoder_id: str) -> None:
     encoder = build_encoder(encoder_id, num_frames=8)
@@ -95,8 +100,8 @@ def test_encode_aligned_normalises_uint8_and_pools(encoder_id: str) -> None:
     resized = encoder.frame_spec.resize(frames).unsqueeze(0)  # uint8, what the data pipeline ships
     with torch.no_grad():
         aligned = encoder.encode_aligned(resized, temporal_tokens=2, tokens_per_frame=4)
-        from_float = encoder.encode_aligned(encoder.transform(frames).unsqueeze(0), 2, 4)  # already normalised
-        full = encoder(encoder.transform(frames).unsqueeze(0))  # (1, T', N, D)
+        from_float = encoder.encode_aligned(_normalised(encoder, frames).unsqueeze(0), 2, 4)  # already normalised
+        full = encoder(_normalised(encoder, frames).unsqueeze(0))  # (1, T', N, D)
     assert aligned.shape == (1, 2, 4, encoder.embed_dim)
     torch.testing.assert_close(aligned, from_float)
     # Pooling is a plain average: the first temporal token of the first 2x2 cell of the 4x4 grid.
@@ -106,16 +111,16 @@ def test_encode_aligned_normalises_uint8_and_pools(encoder_id: str) -> None:
 
 
 @pytest.mark.parametrize("encoder_id", TINY_IDS)
-def test_transform_resizes_and_normalises(encoder_id: str) -> None:
+def test_resize_and_normalise(encoder_id: str) -> None:
     encoder = build_encoder(encoder_id)
     frames = torch.randint(0, 256, (encoder.num_frames, 37, 50, 3), dtype=torch.uint8)
-    pixels = encoder.transform(frames)
+    pixels = _normalised(encoder, frames)
     assert pixels.shape == (encoder.num_frames, 3, encoder.image_size, encoder.image_size)
     assert pixels.dtype == torch.float32
     # A constant frame keeps its value through resizing, so the output is exactly (value - mean) / std.
     white = torch.full((encoder.num_frames, 37, 50, 3), 255, dtype=torch.uint8)
     expected = (1.0 - torch.tensor(encoder.mean)) / torch.tensor(encoder.std)
-    torch.testing.assert_close(encoder.transform(white), expected.view(1, 3, 1, 1).expand_as(pixels))
+    torch.testing.assert_close(_normalised(encoder, white), expected.view(1, 3, 1, 1).expand_as(pixels))
     for prefix, (mean, std) in FAMILY_NORM.items():
         if encoder_id.startswith(prefix):
             assert encoder.mean == mean and encoder.std == std

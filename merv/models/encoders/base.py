@@ -51,11 +51,6 @@ class FrameSpec:
         mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
         return pixels.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
-    def transform(self, frames: torch.Tensor) -> torch.Tensor:
-        """Resize and normalise `(T, H, W, 3)` uint8 frames (already the T this encoder samples) the way
-        the encoder was trained: `(T, 3, S, S)` float32."""
-        return self.normalize(self.resize(frames))
-
 
 class VisionEncoder(nn.Module):
     """A frozen visual backbone that maps a clip to a grid of features.
@@ -140,10 +135,6 @@ class VisionEncoder(nn.Module):
     def frame_spec(self) -> FrameSpec:
         """What the data pipeline needs to prepare this encoder's input, without the weights."""
         return FrameSpec(self.num_frames, self.image_size, self.mean, self.std)
-
-    def transform(self, frames: torch.Tensor) -> torch.Tensor:
-        """Resize and normalise `(T, H, W, 3)` uint8 frames to this encoder's `(T, 3, S, S)` input."""
-        return self.frame_spec.transform(frames)
 
     def train(self, mode: bool = True) -> VisionEncoder:
         # Encoders are frozen in every stage: dropout and stochastic depth must never switch on,
