@@ -2,9 +2,13 @@
 
 The model (`scaled_config`) keeps MERV's layout at CPU size: its four encoder families (CLIP, DINOv2, ViViT,
 SigLIP) at its frame counts (16/16/32/16), each pooled to 16 x 4x4 tokens, linear projectors, cross-attention
-fusion and a Llama. The cache can only remove the encoders' share of a step, so that share is what must be
-realistic: it is counted with `FlopCounterMode` on the meta device for `merv-full` itself (LLaMA-2 7B, the
-same caption) and the scaled LLM's depth is chosen to match it (`--llm-layers` overrides).
+fusion and a Llama whose size the preset picks:
+
+* `cpu` (default): an LLM as deep and wide as the one the quick-start trains on a CPU (2 layers, width 64). Encoders dominate the step,
+  as they do whenever a small model is trained.
+* `merv`: a width-256 LLM as deep as it takes for the encoders' share of the step's FLOPs to equal
+  `merv-full`'s (LLaMA-2 7B, counted with `FlopCounterMode` on the meta device, the same caption). The cache
+  only removes the encoders (and decoding), so this is the speed-up to expect at MERV's own proportions.
 
 Both modes train copies of the same initial weights on the same batches (fixed order, AdamW on projectors +
 fusion), taking turns step by step; the table reports median seconds per step:
@@ -15,8 +19,8 @@ fusion), taking turns step by step; the table reports median seconds per step:
 
 Prints a table and one JSON line; checks that the losses of both modes agree within `--tolerance`.
 
-    python benchmarks/bench_cache.py [--steps 10] [--batch-size 2] [--num-workers 0] [--dtype float32]
-        [--llm-layers N] [--llm-width 256] [--width 320 --height 240 --seconds 4 --fps 30]
+    python benchmarks/bench_cache.py [--preset cpu|merv] [--steps 10] [--batch-size 2] [--num-workers 0]
+        [--dtype float32] [--llm-layers N] [--llm-width W] [--width 320 --height 240 --seconds 4 --fps 30]
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ LLAMA2_7B = {
     "max_position_embeddings": 4096,
 }
 """The published architecture of `meta-llama/Llama-2-7b-hf`, MERV's LLM; used to count FLOPs on the meta device."""
+PRESETS: dict[str, tuple[int | None, int]] = {
+    "cpu": (TINY_LLM_ARCH["num_hidden_layers"], TINY_LLM_ARCH["hidden_size"]),
+    "merv": (None, 256),
+}
+"""LLM (depth, width) per preset; depth None = the depth that matches merv-full's encoder FLOP share."""
 
 
 def register_scaled_encoders() -> None:
@@ -237,12 +246,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0: data time is visible)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="cache storage dtype")
     parser.add_argument(
-        "--llm-layers",
-        type=int,
-        default=None,
-        help="LLM depth (default: the depth that gives merv-full's encoder share)",
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cpu",
+        help="LLM size: the quick-start's (cpu) or matched to merv-full's encoder FLOP share (merv)",
     )
-    parser.add_argument("--llm-width", type=int, default=256)
+    parser.add_argument("--llm-layers", type=int, default=None, help="override the preset's LLM depth")
+    parser.add_argument("--llm-width", type=int, default=None, help="override the preset's LLM width")
     parser.add_argument("--width", type=int, default=320, help="clip width (bench_data.py's default clips)")
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -258,9 +268,11 @@ def main(argv: list[str] | None = None) -> dict:
         records = make_records(
             Path(tmp) / "videos", (steps + 1) * args.batch_size, args.width, args.height, args.seconds, args.fps
         )
-        matched, text_tokens, reference = merv_matched_depth(records[0]["conversations"], args.llm_width)
-        layers = args.llm_layers or matched
-        config = scaled_config(layers, args.llm_width)
+        preset_layers, llm_width = PRESETS[args.preset]
+        llm_width = args.llm_width or llm_width
+        matched, text_tokens, reference = merv_matched_depth(records[0]["conversations"], llm_width)
+        layers = args.llm_layers or preset_layers or matched
+        config = scaled_config(layers, llm_width)
         flops = count_align_flops(config, text_tokens)
 
         torch.manual_seed(0)
@@ -306,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"\nalign stage, {steps} timed steps of batch {args.batch_size}, {torch.get_num_threads()} torch threads, "
         f"{args.num_workers} workers; {args.width}x{args.height} clips of {args.seconds:g} s at {args.fps} fps; "
         f"encoders {[e.id for e in config.encoders]} at {[e.num_frames for e in config.encoders]} frames, "
-        f"LLM {layers}x{args.llm_width}, {text_tokens} text tokens"
+        f"LLM {layers}x{llm_width} ({args.preset} preset), {text_tokens} text tokens"
     )
     print(
         f"encoder share of align-step FLOPs: {encoder_share:.1%} here ({flops['encoders'] / 1e9:.1f} of "
@@ -333,7 +345,8 @@ def main(argv: list[str] | None = None) -> dict:
         "dtype": args.dtype,
         "clips": [args.width, args.height, args.seconds, args.fps],
         "encoders": [f"{e.id}@{e.num_frames}" for e in config.encoders],
-        "llm": [layers, args.llm_width],
+        "preset": args.preset,
+        "llm": [layers, llm_width],
         "encoder_flop_share": round(encoder_share, 4),
         "merv_full_encoder_flop_share": round(reference_share, 4),
         "live_steps_per_sec": round(1 / live["total"], 4),
