@@ -81,8 +81,41 @@ def test_fsdp_policy_wraps_decoder_layers_encoder_blocks_projectors_and_fusion()
     model = VideoLM(VideoLMConfig.tiny())
     wrapped = [name for name, m in model.named_modules() if merv_fsdp_policy(m, recurse=False, nonwrapped_numel=0)]
     llm_layers = [n for n in wrapped if n.startswith("llm.")]
-    encoder_blocks = [n for n in wrapped if n.startswith("encoders.")]
+    encoder_blocks = [n for n in wrapped if n.startswith("encoders.") and n.count(".") > 1]
     assert len(llm_layers) == model.llm.config.num_hidden_layers
     assert {n.split(".")[1] for n in encoder_blocks} == {"0", "1"} and len(encoder_blocks) == 4
     assert {"projectors.0", "projectors.1", "fusion"} <= set(wrapped)
+    assert {"encoders.0", "encoders.1"} <= set(wrapped)
     assert merv_fsdp_policy(model, recurse=True, nonwrapped_numel=0)
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    dist = pytest.importorskip("torch.distributed")
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("stage", ["align", "lora", "finetune"])
+def test_fsdp_wraps_and_trains_a_bfloat16_llm_beside_float32_encoders(process_group, stage):
+    """FSDP flattens one dtype per unit: the encoders (fp32) and the LLM's embeddings (bf16) must not share one."""
+    import torch
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    config = VideoLMConfig.tiny()
+    config.llm.dtype = "bfloat16"
+    model = VideoLM(config)
+    if stage == "lora":
+        model.add_lora()
+    model.freeze(stage)
+    wrapped = FullyShardedDataParallel(
+        model, auto_wrap_policy=merv_fsdp_policy, use_orig_params=True, device_id=torch.device("cpu")
+    )
+    frames = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    conversation = [{"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "a ball rolls"}]
+    batch = model.processor([{"video": frames, "conversations": conversation}])
+    loss = wrapped(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None for p in wrapped.parameters() if p.requires_grad)

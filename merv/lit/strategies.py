@@ -6,17 +6,22 @@ from timm.models.vision_transformer import Block as TimmBlock
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from merv.models.encoders.base import VisionEncoder
 from merv.models.fusion import Fusion
 from merv.models.projector import Projector
 
 # Every Hugging Face decoder/encoder layer derives from GradientCheckpointingLayer; timm ViTs repeat Block.
-UNIT_TYPES: tuple[type[nn.Module], ...] = (GradientCheckpointingLayer, TimmBlock, Projector, Fusion)
+# Whole encoders are units too, so their embeddings and norms never land in the root unit beside the
+# LLM's embeddings, which may be stored in another dtype (FSDP flattens one dtype per unit).
+UNIT_TYPES: tuple[type[nn.Module], ...] = (GradientCheckpointingLayer, TimmBlock, VisionEncoder, Projector, Fusion)
 
 
 def merv_fsdp_policy(module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
-    """FSDP `auto_wrap_policy`: wrap each LLM decoder layer, each encoder block, each projector and the fusion.
+    """FSDP `auto_wrap_policy`: wrap each LLM decoder layer, each encoder and its blocks, each projector and
+    the fusion.
 
-    Frozen encoder blocks and trainable projectors never share a unit, so every unit has one dtype and
-    one `requires_grad`, and a layer's parameters are gathered only while that layer runs.
+    Frozen encoders and trainable projectors never share a unit, and the root unit keeps only the LLM's
+    embeddings, final norm and head, so no unit mixes the encoders' dtype with the LLM's; a layer's
+    parameters are gathered only while that layer runs.
     """
     return True if recurse else isinstance(module, UNIT_TYPES)
