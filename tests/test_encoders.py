@@ -126,6 +126,18 @@ def test_resize_and_normalise(encoder_id: str) -> None:
             assert encoder.mean == mean and encoder.std == std
 
 
+def test_normalize_takes_uint8_and_never_changes_its_input() -> None:
+    spec = build_encoder("siglip-tiny").frame_spec
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    before = pixels.clone()
+    assert spec.normalize(pixels).dtype == torch.float32
+    assert torch.equal(pixels, before)
+    floats = pixels.float()
+    with pytest.raises(TypeError, match="uint8"):
+        spec.normalize(floats)
+    assert torch.equal(floats, before.float())
+
+
 @pytest.mark.parametrize("encoder_id", TINY_IDS)
 def test_encoder_stays_in_eval_mode(encoder_id: str) -> None:
     encoder = build_encoder(encoder_id)
@@ -143,6 +155,8 @@ def test_wrong_input_shape_raises(encoder_id: str) -> None:
         good[:, :-1],  # too few frames
         torch.nn.functional.pad(good, (0, 8, 0, 8)),  # wrong resolution
         good[:, 0],  # no time axis
+        good[:, :, :2],  # two channels
+        good[:, :, :, :-8],  # not square: only the height is wrong
     ]
     for bad in bad_inputs:
         with pytest.raises(ValueError, match=encoder_id):

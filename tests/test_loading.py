@@ -153,3 +153,63 @@ def test_quick_start_script_answers(lora_run, video, capsys):
 def test_tiny_model_yaml_matches_the_tiny_config():
     shipped = VideoLMConfig(**yaml.safe_load((ROOT / "configs/model/tiny.yaml").read_text()))
     assert shipped == model_config("merv-tiny") == VideoLMConfig.tiny()
+
+
+def test_model_config_returns_a_fresh_config_every_time():
+    from merv.models import registry
+
+    changed = model_config("merv-full")
+    changed.llm.dtype = "float32"
+    changed.encoders[0].num_frames = 3
+    single = model_config("merv-siglip-only")
+    assert single.llm.dtype == "bfloat16" and single.encoders[0].num_frames == 16
+    assert model_config("merv-full") == VideoLMConfig(
+        **yaml.safe_load((ROOT / "configs/model/merv-full.yaml").read_text())
+    )
+    assert registry.MERV_LLM.dtype == "bfloat16" and registry.MERV_ENCODERS["languagebind"].num_frames == 16
+
+
+def test_an_explicit_hf_token_wins_for_the_call_only(tmp_path, monkeypatch):
+    import os
+
+    from huggingface_hub import get_token
+
+    (tmp_path / "config.json").write_text("{}")
+    seen = []
+
+    def fake_from_pretrained(cls, path):
+        seen.append(get_token())  # what every Hugging Face loader would use
+        return torch.nn.Identity()
+
+    monkeypatch.setattr(VideoLM, "from_pretrained", classmethod(fake_from_pretrained))
+    monkeypatch.setenv("HF_TOKEN", "from-env")
+    load_vid(tmp_path, hf_token="explicit")
+    load_vid(tmp_path)
+    assert seen == ["explicit", "from-env"]
+    assert os.environ["HF_TOKEN"] == "from-env"
+    monkeypatch.delenv("HF_TOKEN")
+    load_vid(tmp_path, hf_token="explicit")
+    assert "HF_TOKEN" not in os.environ
+
+
+def test_last_checkpoint_is_a_file_and_a_sharded_one_must_be_consolidated(tmp_path):
+    import os
+
+    from merv.models.loading import find_last_checkpoint
+
+    ckpts = tmp_path / "run/checkpoints"
+    ckpts.mkdir(parents=True)
+    older = ckpts / "epoch=0-step=2.ckpt"
+    older.write_bytes(b"")
+    os.utime(older, (0, 0))
+    assert find_last_checkpoint(tmp_path) == older
+    sharded = ckpts / "last.ckpt"  # FSDP writes a directory of shards under the checkpoint's name
+    sharded.mkdir()
+    (sharded / "meta.pt").write_bytes(b"")
+    for source in (tmp_path, sharded):
+        with pytest.raises(ValueError, match="lightning.pytorch.utilities.consolidate_checkpoint"):
+            find_last_checkpoint(source)
+    consolidated = ckpts / "last.ckpt.consolidated"
+    consolidated.write_bytes(b"")
+    assert find_last_checkpoint(tmp_path) == consolidated
+    assert find_last_checkpoint(sharded) == consolidated

@@ -158,3 +158,49 @@ def test_tag_count_must_match_the_number_of_videos():
         proc.encode([{"from": "human", "value": "<video> and <video>"}, {"from": "gpt", "value": "x"}], has_video=1)
     with pytest.raises(ValueError, match="1 <video> tags for 0 videos"):
         proc.encode(CONV[:2], has_video=False)
+
+
+def test_untagged_video_goes_after_the_bos_a_chat_template_writes():
+    tok = build_tiny_tokenizer()
+    tok.chat_template = "{{ bos_token }}" + TEMPLATE
+    proc = processor(tok, "chat_template")
+    builder = PromptBuilder(proc.prompt_format)
+    builder.add_turn("human", "What colour?")
+    conv = [{"from": "human", "value": "What colour?"}, {"from": "gpt", "value": "red"}]
+    for item in (proc.encode(conv, has_video=True), proc.encode_prompt(builder.get_prompt(), has_video=True)):
+        ids, mask = item["input_ids"].tolist(), item["video_mask"].tolist()
+        assert ids[0] == tok.bos_token_id
+        assert mask[:4] == [False, True, True, True] and sum(mask) == 3
+        assert tok.decode(ids[4:]).startswith("<|user|>What colour?")
+
+
+def test_a_prompt_longer_than_max_length_raises_instead_of_losing_its_end():
+    tok = build_tiny_tokenizer()
+    fmt = PromptFormat("merv", tok.eos_token)
+    proc = VideoLMProcessor(tok, fmt, [FrameSpec(2, 8, (0.5,) * 3, (0.5,) * 3)], 3, max_length=12)
+    builder = PromptBuilder(fmt)
+    builder.add_turn("human", "What is the person doing in the video, and which way does the camera move?")
+    with pytest.raises(ValueError, match=r"the prompt is \d+ tokens \(3 visual \+ \d+ text\), more than max_length=12"):
+        proc.encode_prompt(builder.get_prompt(), has_video=True)
+    # Training conversations are still cut at the end: their labels are cut with them.
+    conv = [{"from": "human", "value": "What is the person doing?"}, {"from": "gpt", "value": "walking left"}]
+    assert len(proc.encode(conv, has_video=True)["input_ids"]) == 12
+
+
+def test_a_rejected_turn_leaves_the_builder_unchanged():
+    builder = PromptBuilder(PromptFormat("merv", "</s>"))
+    builder.add_turn("human", "What colour?")
+    with pytest.raises(ValueError, match="must alternate"):
+        builder.add_turn("human", "Which way?")
+    assert builder.turns == [("human", "What colour?")]
+    builder.add_turn("gpt", "red")
+    builder.add_turn("human", "Which way?")
+    assert builder.get_prompt() == "In: What colour?\nOut: red</s>\nIn: Which way?\nOut: "
+
+
+def test_collate_rejects_an_unknown_padding_side():
+    proc = processor(build_tiny_tokenizer(), "merv")
+    item = proc.encode(CONV[:2], has_video=True)
+    assert proc.collate([item], padding_side="left")["input_ids"].shape == (1, len(item["input_ids"]))
+    with pytest.raises(ValueError, match="padding_side must be 'left' or 'right'"):
+        proc.collate([item], padding_side="center")

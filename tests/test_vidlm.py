@@ -208,3 +208,107 @@ def test_option_nll_matches_a_direct_loss_computation(model):
             ]
         )
         assert value == pytest.approx(model(**batch).loss.item(), rel=1e-5)
+
+
+def _single_encoder(fusion: str) -> VideoLMConfig:
+    config = VideoLMConfig.tiny(fusion=fusion)
+    config.encoders = config.encoders[:1]
+    return config
+
+
+@pytest.mark.parametrize("fusion", ["cross-attention", "sum"])
+def test_single_encoder_weighted_fusion_has_no_dead_parameters(fusion):
+    from merv.models.fusion import _FUSIONS
+
+    model = VideoLM(_single_encoder(fusion))
+    assert not list(model.fusion.parameters())
+    model.freeze("align")
+    out = model(**model.prepare_batch([sample(0), sample(1, "a blue square moves up")]))
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
+    torch.testing.assert_close(out.fusion_weights, torch.ones(2, 1))
+    # Checkpoints written while the fusion still had its (never trained) parameters load strictly.
+    width = model.llm.get_input_embeddings().embedding_dim
+    legacy = {f"fusion.{k}": v for k, v in _FUSIONS[fusion](width, 1).state_dict().items()}
+    assert legacy
+    model.load_state_dict({**model.state_dict(), **legacy}, strict=True)
+
+
+def test_option_nll_without_a_video_scores_text_only(model):
+    options = ["red", "a blue square"]
+    nll = model.option_nll(None, "Which colour?", options)
+    conv = [{"from": "human", "value": "Which colour?"}, {"from": "gpt", "value": options[1]}]
+    direct = model(**model.prepare_batch([{"video": None, "conversations": conv}])).loss.item()
+    assert nll[1] == pytest.approx(direct, rel=1e-5)
+
+
+def test_generate_with_a_list_of_prompts_and_no_video(model):
+    builder = model.get_prompt_builder()
+    builder.add_turn("human", "Say something.")
+    texts = model.generate(None, [builder.get_prompt()] * 2, max_new_tokens=3)
+    assert isinstance(texts, list) and len(texts) == 2 and texts[0] == texts[1]
+
+
+def test_video_positions_without_pixels_or_features_raise(model):
+    batch = model.prepare_batch([sample(0)])
+    with pytest.raises(ValueError, match="neither pixel_values nor aligned_features"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], video_mask=batch["video_mask"])
+
+
+def test_visual_tokens_that_leave_no_room_for_text_fail_at_construction():
+    config = VideoLMConfig.tiny(fusion="concat-sequence")  # 2 encoders x T=4 x 4 tokens = 32 visual tokens
+    config.max_length = 32
+    with pytest.raises(ValueError, match=r"'concat-sequence' fusion gives L_v=32 .*max_length=32"):
+        VideoLM(config)
+    config.max_length = 48
+    assert VideoLM(config).num_visual_tokens == 32
+
+
+def test_tokens_per_frame_must_be_a_square_number():
+    config = VideoLMConfig.tiny()
+    config.tokens_per_frame = 8
+    with pytest.raises(ValueError, match="tokens_per_frame=8 must be a positive square number"):
+        VideoLM(config)
+
+
+def test_bfloat16_lora_adapters_reload_in_bfloat16(tmp_path):
+    config = VideoLMConfig.tiny()
+    config.llm.dtype = "bfloat16"
+    model = VideoLM(config)
+    model.freeze("lora")
+    assert {p.dtype for n, p in model.llm.named_parameters() if "lora_" in n} == {torch.bfloat16}
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = VideoLM.from_pretrained(tmp_path / "ckpt")
+    assert {p.dtype for n, p in loaded.llm.named_parameters() if "lora_" in n} == {torch.bfloat16}
+
+
+def test_from_pretrained_loads_the_llm_with_the_configs_settings(model, tmp_path, monkeypatch):
+    import json
+
+    import merv.models.llm as llm_module
+
+    model.save_pretrained(tmp_path / "ckpt")
+    meta_path = tmp_path / "ckpt/config.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["llm"]["trust_remote_code"] = True
+    meta_path.write_text(json.dumps(meta))
+    seen = {}
+    real = llm_module.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llm_module.AutoModelForCausalLM, "from_pretrained", spy)
+    VideoLM.from_pretrained(tmp_path / "ckpt")
+    assert seen["trust_remote_code"] is True
+    # The flash-attn availability check of a fresh build applies too (flash-attn is not a test dependency).
+    meta["config"]["llm"]["attn_implementation"] = "flash_attention_2"
+    meta_path.write_text(json.dumps(meta))
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"merv\[flash\]"):
+            VideoLM.from_pretrained(tmp_path / "ckpt")

@@ -12,11 +12,15 @@ FusionKind = Literal["cross-attention", "sum", "concat-channel", "concat-sequenc
 
 
 class Fusion(nn.Module):
-    """Base: `forward(list of (B, L, D)) -> ((B, L_v, D), per-encoder weights (B, E) or None)`."""
+    """Base: `forward(list of (B, L, D)) -> ((B, L_v, D), per-encoder weights (B, E) or None)`.
+
+    Args:
+        dim: width D of every projected sequence (the LLM width).
+        num_encoders: number of sequences E.
+    """
 
     def __init__(self, dim: int, num_encoders: int) -> None:
         super().__init__()
-        self.dim = dim
         self.num_encoders = num_encoders
 
     def output_length(self, length: int) -> int:
@@ -38,14 +42,13 @@ class CrossAttentionFusion(Fusion):
     a learned vector is redundant with the vector).
     """
 
-    def __init__(self, dim: int, num_encoders: int, attn_dim: int | None = None) -> None:
+    def __init__(self, dim: int, num_encoders: int) -> None:
         super().__init__(dim, num_encoders)
-        attn_dim = attn_dim or dim
-        self.query = nn.Parameter(torch.randn(attn_dim) / math.sqrt(attn_dim))
-        self.key = nn.Linear(dim, attn_dim, bias=False)
+        self.query = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
+        self.key = nn.Linear(dim, dim, bias=False)
 
     def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = self.key(torch.stack([x.mean(dim=1) for x in xs], dim=1))  # (B, E, A)
+        keys = self.key(torch.stack([x.mean(dim=1) for x in xs], dim=1))  # (B, E, D)
         scores = keys @ self.query.to(keys.dtype) / math.sqrt(self.query.numel())  # (B, E)
         weights = scores.float().softmax(dim=-1)
         return self._mix(xs, weights), weights
@@ -61,6 +64,33 @@ class SumFusion(Fusion):
     def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         weights = self.logits.float().softmax(dim=-1).expand(xs[0].shape[0], -1)
         return self._mix(xs, weights), weights
+
+
+class SingleEncoderFusion(Fusion):
+    """One encoder: its sequence passes through unchanged with weight 1, and there are no parameters.
+
+    Weighted fusions (cross-attention, sum) take a softmax over one score per encoder; over a single
+    encoder that is always 1, so their parameters would never receive a gradient while still being
+    trained (and shrunk by weight decay). Single-encoder models get this instead.
+    """
+
+    # Parameters of the weighted fusions: single-encoder checkpoints that hold them load, the values unused.
+    _LEGACY_KEYS = ("query", "key.weight", "logits")
+
+    def __init__(self, dim: int, num_encoders: int = 1) -> None:
+        if num_encoders != 1:
+            raise ValueError(f"SingleEncoderFusion fuses exactly one encoder, got {num_encoders}")
+        super().__init__(dim, num_encoders)
+        self.register_load_state_dict_pre_hook(self._drop_legacy_keys)
+
+    @staticmethod
+    def _drop_legacy_keys(module, state_dict, prefix, *args) -> None:
+        for key in SingleEncoderFusion._LEGACY_KEYS:
+            state_dict.pop(prefix + key, None)
+
+    def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        (x,) = xs
+        return x, x.new_ones(x.shape[0], 1, dtype=torch.float32)
 
 
 class ConcatChannelFusion(Fusion):
@@ -93,6 +123,13 @@ _FUSIONS: dict[str, type[Fusion]] = {
 
 
 def build_fusion(kind: FusionKind, dim: int, num_encoders: int) -> Fusion:
+    """The fusion `kind` for `num_encoders` sequences of width `dim`.
+
+    A weighted fusion (cross-attention, sum) of a single encoder is a `SingleEncoderFusion`: with one
+    encoder its weight is always 1 and its parameters could never learn.
+    """
     if kind not in _FUSIONS:
         raise ValueError(f"unknown fusion {kind!r}; choose from {sorted(_FUSIONS)}")
+    if num_encoders == 1 and kind in ("cross-attention", "sum"):
+        return SingleEncoderFusion(dim, num_encoders)
     return _FUSIONS[kind](dim, num_encoders)

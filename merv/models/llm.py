@@ -7,6 +7,7 @@ quick start need no download; real models load from a hub id or a local director
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -79,8 +80,9 @@ class LLMConfig:
     """Allow model code from the hub; off unless you ask for it."""
 
 
-def load_tokenizer(cfg: LLMConfig) -> PreTrainedTokenizerFast:
-    source = cfg.tokenizer or cfg.name_or_path
+def load_tokenizer(cfg: LLMConfig, source: str | os.PathLike | None = None) -> PreTrainedTokenizerFast:
+    """The tokenizer from `source` (default: `cfg.tokenizer`, else `cfg.name_or_path`), or the tiny one."""
+    source = source or cfg.tokenizer or cfg.name_or_path
     if source is None:
         return build_tiny_tokenizer()
     tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
@@ -90,21 +92,37 @@ def load_tokenizer(cfg: LLMConfig) -> PreTrainedTokenizerFast:
     return tok
 
 
-def build_llm(cfg: LLMConfig, tokenizer) -> PreTrainedModel:
-    """Load the pretrained LLM, or build `cfg.arch` with random weights sized to the tokenizer."""
-    dtype = getattr(torch, cfg.dtype)
+def _check_attn_implementation(cfg: LLMConfig) -> None:
     if cfg.attn_implementation == "flash_attention_2":
         try:
             import flash_attn  # noqa: F401
         except ImportError as e:
             raise ImportError("attn_implementation='flash_attention_2' needs `pip install merv[flash]`") from e
+
+
+def load_llm(source: str | os.PathLike, cfg: LLMConfig, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load a pretrained LLM from a hub id or directory with `cfg`'s attention kernel and remote-code setting.
+
+    Args:
+        source: hub id or local directory.
+        cfg: supplies `attn_implementation`, `trust_remote_code` and the default dtype.
+        dtype: overrides `cfg.dtype`.
+    """
+    _check_attn_implementation(cfg)
+    return AutoModelForCausalLM.from_pretrained(
+        source,
+        dtype=dtype or getattr(torch, cfg.dtype),
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+
+
+def build_llm(cfg: LLMConfig, tokenizer) -> PreTrainedModel:
+    """Load the pretrained LLM, or build `cfg.arch` with random weights sized to the tokenizer."""
     if cfg.name_or_path is not None:
-        return AutoModelForCausalLM.from_pretrained(
-            cfg.name_or_path,
-            dtype=dtype,
-            attn_implementation=cfg.attn_implementation,
-            trust_remote_code=cfg.trust_remote_code,
-        )
+        return load_llm(cfg.name_or_path, cfg)
+    _check_attn_implementation(cfg)
+    dtype = getattr(torch, cfg.dtype)
     arch = dict(cfg.arch)
     model_type = arch.pop("model_type")
     arch.setdefault("vocab_size", len(tokenizer))

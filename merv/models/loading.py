@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from merv.models.registry import available_models, model_cache_dir, model_config
-from merv.models.vidlm import CONFIG_NAME, VideoLM, VideoLMConfig
+from merv.models.registry import available_models, model_cache_dir
+from merv.models.vidlm import CONFIG_NAME, VideoLM, VideoLMConfig, _is_peft
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +26,49 @@ class ModelNotFoundError(FileNotFoundError):
     """A registered name whose weights are not on this machine."""
 
 
+CONSOLIDATED_SUFFIX = ".consolidated"  # what Lightning's consolidate_checkpoint appends to a sharded checkpoint
+
+
+def resolve_checkpoint_file(path: str | os.PathLike) -> Path:
+    """A checkpoint file: `path` itself, or for a sharded (FSDP) `*.ckpt` directory its consolidated file.
+
+    Raises:
+        ValueError: `path` is a sharded checkpoint directory that has not been consolidated.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    consolidated = path.with_name(path.name + CONSOLIDATED_SUFFIX)
+    if consolidated.is_file():
+        return consolidated
+    raise ValueError(
+        f"{path} is a sharded (FSDP) checkpoint directory; consolidate it into one file first with "
+        f"`python -m lightning.pytorch.utilities.consolidate_checkpoint {path}` "
+        f"(it writes {consolidated.name} beside it)"
+    )
+
+
 def find_last_checkpoint(run_dir: str | os.PathLike) -> Path:
-    """The newest `last*.ckpt` (else any `*.ckpt`) below a run directory."""
+    """The newest `last*.ckpt` (else any `*.ckpt`) file below a run directory (or a sharded checkpoint's file).
+
+    FSDP writes sharded checkpoints as directories named `*.ckpt`; such a checkpoint is read from the
+    `*.ckpt.consolidated` file Lightning's consolidation writes beside it. If the newest checkpoint is a
+    sharded directory without one, this raises rather than fall back to an older file.
+
+    Raises:
+        FileNotFoundError: no checkpoint below `run_dir`.
+        ValueError: the newest checkpoint is sharded and not consolidated.
+    """
     run_dir = Path(run_dir)
+    if run_dir.suffix == ".ckpt":  # itself a sharded checkpoint, not a run directory
+        return resolve_checkpoint_file(run_dir)
     for pattern in ("last*.ckpt", "*.ckpt"):
-        found = sorted(run_dir.rglob(pattern), key=lambda p: p.stat().st_mtime)
-        if found:
-            return found[-1]
+        found = [*run_dir.rglob(pattern), *run_dir.rglob(pattern + CONSOLIDATED_SUFFIX)]
+        files = [p for p in found if p.is_file()]
+        # A consolidated sharded directory is already represented by its consolidated file.
+        sharded = [p for p in found if p.is_dir() and not p.with_name(p.name + CONSOLIDATED_SUFFIX).is_file()]
+        if files or sharded:
+            return resolve_checkpoint_file(max(files + sharded, key=lambda p: p.stat().st_mtime))
     raise FileNotFoundError(f"no .ckpt file below {run_dir}")
 
 
@@ -49,20 +87,30 @@ def load_state(model: VideoLM, state: dict[str, torch.Tensor], source: str | os.
     Only frozen weights that come from a named pretrained source may be missing (they are not stored in
     checkpoints); anything else missing or unexpected is an error naming `source`.
     """
-    if any("lora_" in k for k in state) and not hasattr(model.llm, "peft_config"):
+    if any("lora_" in k for k in state) and not _is_peft(model.llm):
         model.add_lora()
-    result = model.load_state_dict(state, strict=False)
-    named_llm = model.config.llm.name_or_path is not None
-    bad = [
-        k
-        for k in result.missing_keys
-        if not (model._stored_by_reference(k) or (named_llm and k.startswith("llm.") and "lora_" not in k))
-    ]
-    if bad or result.unexpected_keys:
-        raise RuntimeError(
-            f"{source} does not match the model: missing {bad[:8]}, unexpected {result.unexpected_keys[:8]}"
-        )
-    return result.missing_keys
+    return model._load_state(state, source)
+
+
+@contextmanager
+def _hf_token(token: str | None) -> Iterator[None]:
+    """Make `token` the Hugging Face token while loading, then restore the environment as it was.
+
+    An explicit token must win over `HF_TOKEN` and must not outlive the call. The environment is the one
+    channel every loader here reads: timm's hub download takes no token argument.
+    """
+    if not token:
+        yield
+        return
+    previous = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = token
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_TOKEN", None)
+        else:
+            os.environ["HF_TOKEN"] = previous
 
 
 def load_checkpoint_model(path: str | os.PathLike) -> VideoLM:
@@ -90,22 +138,28 @@ def load_vid(
     Args:
         name_or_path: a `save_pretrained` directory, a Lightning `.ckpt`, a run directory (its last
             checkpoint), or a registered name (see `available_models()`).
-        hf_token: token for gated hub weights of the encoders or LLM (e.g. Llama-2); also read from `HF_TOKEN`.
+        hf_token: token for gated hub weights of the encoders or LLM (e.g. Llama-2), used for this call only
+            and in preference to `HF_TOKEN`; without it, `HF_TOKEN` (or a `huggingface-cli login`) is used.
         cache_dir: where registered names' weights are looked for (default `$MERV_CACHE/models` or
             `~/.cache/merv/models`).
         dtype: cast the model to this dtype.
         device: move the model to this device.
     """
-    if hf_token:
-        os.environ.setdefault("HF_TOKEN", hf_token)
+    with _hf_token(hf_token):
+        model = _load(name_or_path, cache_dir)
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
+    return model.eval()
+
+
+def _load(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> VideoLM:
     path = Path(name_or_path)
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         model = VideoLM.from_pretrained(path)
-    elif path.suffix == ".ckpt" or path.is_dir():
+    elif path.suffix == ".ckpt" or path.name.endswith(".ckpt" + CONSOLIDATED_SUFFIX) or path.is_dir():
         model = load_checkpoint_model(path)
     elif str(name_or_path) in available_models():
         name = str(name_or_path)
-        model_config(name)  # the name is known; now find its weights
         local = model_cache_dir(cache_dir) / name
         if not (local / CONFIG_NAME).is_file():
             raise ModelNotFoundError(
@@ -120,6 +174,4 @@ def load_vid(
             f"{name_or_path!r} is neither a saved model directory, a checkpoint, a run directory nor a "
             f"registered name ({', '.join(available_models())})"
         )
-    if dtype is not None or device is not None:
-        model.to(device=device, dtype=dtype)
-    return model.eval()
+    return model

@@ -7,7 +7,7 @@ resizing and tokenisation there. `VideoLM.prepare_batch` and the training datase
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,15 +23,18 @@ class VideoLMProcessor:
     """Frames → per-encoder pixels, conversations → token ids with labels and a video mask, items → batches.
 
     Visual positions: each sample with a video gets `num_visual_tokens` placeholder positions at its
-    `<video>` tag (or right after BOS when the text has none); `video_mask` marks them and the model
-    writes the fused visual embeddings there.
+    `<video>` tag (or, when the text has none, right after a leading BOS, whether added here or written
+    by a chat template, else at the start); `video_mask` marks them and the model writes the fused
+    visual embeddings there.
 
     Args:
         tokenizer: a Hugging Face tokenizer with pad and eos tokens.
         prompt_format: how turns become text.
         frame_specs: one per encoder, in the model's encoder order.
         num_visual_tokens: fused visual sequence length L_v.
-        max_length: sequences longer than this are cut at the end (never inside the visual tokens).
+        max_length: training conversations longer than this are cut at the end (never inside the visual
+            tokens); a prompt without a target (`encode_prompt`) that is longer raises instead, since
+            cutting its end would drop the question or the assistant header.
     """
 
     def __init__(
@@ -89,7 +92,9 @@ class VideoLMProcessor:
 
     # ---- text ----------------------------------------------------------------------------------
 
-    def _tokenize_segments(self, segments: list[Segment], num_videos: int) -> dict[str, torch.Tensor]:
+    def _tokenize_segments(
+        self, segments: list[Segment], num_videos: int, truncate: bool = True
+    ) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         ids: list[int] = []
         labels: list[int] = []
@@ -106,15 +111,27 @@ class VideoLMProcessor:
             raise ValueError(f"the conversation has {tags} {VIDEO_TOKEN} tags for {num_videos} videos")
         if self.prompt_format.adds_bos and tok.bos_token_id is not None:
             add([tok.bos_token_id], target=False)
-        if tags == 0 and num_videos == 1:
-            add(placeholder, target=False, is_video=True)  # untagged single video: right after BOS
         for seg in segments:
             for i, piece in enumerate(seg.text.split(VIDEO_TOKEN)):
                 if i > 0:
                     add(placeholder, target=False, is_video=True)
                 if piece:
                     add(tok(piece, add_special_tokens=False)["input_ids"], seg.target)
+        if tags == 0 and num_videos == 1:
+            # An untagged video goes right after BOS; chat templates write their own BOS (and headers),
+            # so it is found in the tokens rather than assumed at position 0.
+            at = int(bool(ids) and tok.bos_token_id is not None and ids[0] == tok.bos_token_id)
+            ids[at:at] = placeholder
+            labels[at:at] = [IGNORE_INDEX] * len(placeholder)
+            video[at:at] = [True] * len(placeholder)
         if len(ids) > self.max_length:
+            if not truncate:
+                visual = sum(video)
+                raise ValueError(
+                    f"the prompt is {len(ids)} tokens ({visual} visual + {len(ids) - visual} text), more than "
+                    f"max_length={self.max_length}; cutting it would drop its end (the question and the answer "
+                    "header): shorten the prompt or raise max_length"
+                )
             if any(video[self.max_length :]):
                 raise ValueError(f"sequence of {len(ids)} tokens cannot be cut to max_length={self.max_length}")
             ids, labels, video = ids[: self.max_length], labels[: self.max_length], video[: self.max_length]
@@ -141,8 +158,12 @@ class VideoLMProcessor:
         return self._tokenize_segments(self.prompt_format.segments(turns), int(has_video))
 
     def encode_prompt(self, prompt_text: str, has_video: bool | int = True) -> dict[str, torch.Tensor]:
-        """Already-rendered prompt text (from `PromptBuilder.get_prompt()`) → ids and video mask."""
-        return self._tokenize_segments([Segment(prompt_text, target=False)], int(has_video))
+        """Already-rendered prompt text (from `PromptBuilder.get_prompt()`) → ids and video mask.
+
+        Raises:
+            ValueError: the prompt with its visual tokens is longer than `max_length`.
+        """
+        return self._tokenize_segments([Segment(prompt_text, target=False)], int(has_video), truncate=False)
 
     # ---- batching ------------------------------------------------------------------------------
 
@@ -177,14 +198,18 @@ class VideoLMProcessor:
         item["pixel_values"] = self.videos_pixels(video, sample.get("start"), sample.get("end"))
         return item
 
-    def collate(self, items: Sequence[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
-        """Pad items to the longest sequence; stack pixels of the samples that have a video.
+    def collate(
+        self, items: Sequence[dict[str, Any]], padding_side: Literal["left", "right"] = "right"
+    ) -> dict[str, Any]:
+        """Pad items to the longest sequence (on `padding_side`); stack pixels of the samples that have a video.
 
         `pixel_values` is a list with one `(B_v, T_e, 3, S_e, S_e)` tensor per encoder, B_v being the
         number of videos in the batch, in order (None when no sample has one).
         """
         if not items:
             raise ValueError("cannot collate an empty list of items")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         length = max(len(it["input_ids"]) for it in items)
         pad_id = self.tokenizer.pad_token_id
 

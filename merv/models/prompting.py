@@ -8,11 +8,9 @@ from the tokenizer's own chat template when it has one, or from the built-in bui
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 HUMAN, GPT = "human", "gpt"
 VIDEO_TOKEN = "<video>"
-PromptFormatName = Literal["auto", "chat_template", "merv", "llama2", "vicuna"]
 
 # Accepted spellings of the two roles; LLaVA-style files use human/gpt, chat APIs user/assistant.
 _ROLE_ALIASES = {"human": HUMAN, "user": HUMAN, "gpt": GPT, "assistant": GPT, "model": GPT}
@@ -134,10 +132,17 @@ class PromptBuilder:
         self.turns: list[tuple[str, str]] = []
 
     def add_turn(self, role: str, message: str) -> str:
-        """Append a turn and return its rendered text."""
+        """Append a turn and return its rendered text.
+
+        Raises:
+            ValueError: unknown role, or a role that breaks the human, gpt, ... alternation; the builder
+                is left unchanged.
+        """
         before = self.fmt.render(self.turns) if self.turns else ""
-        self.turns.append((normalize_role(role), message))
-        return self.fmt.render(self.turns)[len(before) :]
+        turns = [*self.turns, (normalize_role(role), message)]
+        rendered = self.fmt.render(turns)  # validates before anything is kept
+        self.turns = turns
+        return rendered[len(before) :]
 
     def get_prompt(self) -> str:
         """The conversation so far, ending where the assistant's next answer begins."""

@@ -1,11 +1,12 @@
 """Named models: MERV's multi-encoder model, its single-encoder baselines, and tiny CPU variants.
 
 A name fixes the architecture; the weights are a `save_pretrained` directory found in the local model
-cache (`$MERV_CACHE`, default `~/.cache/merv/models/<name>`), put there by `scripts/export.py`.
+cache (`$MERV_CACHE/models/<name>`, default `~/.cache/merv/models/<name>`), put there by `scripts/export.py`.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ MERV_LLM = LLMConfig(name_or_path="meta-llama/Llama-2-7b-hf", dtype="bfloat16", 
 
 def _merv(encoders: list[EncoderConfig]) -> VideoLMConfig:
     # MERV pools every encoder to 16 x 8 x 8 (1024 visual tokens) and projects each with one linear layer.
+    # With a single encoder, `build_fusion` makes the cross-attention a parameter-free pass-through.
     return VideoLMConfig(
         encoders=encoders,
         llm=MERV_LLM,
@@ -38,17 +40,14 @@ def _merv(encoders: list[EncoderConfig]) -> VideoLMConfig:
     )
 
 
-_MODELS: dict[str, tuple[Callable[[], VideoLMConfig], str]] = {
-    "merv-full": (lambda: _merv(list(MERV_ENCODERS.values())), "four encoders, LLM instruction-tuned (stage 2)"),
-    "merv-frozen": (lambda: _merv(list(MERV_ENCODERS.values())), "four encoders, LLM kept frozen"),
-    **{
-        f"merv-{key}-only": (
-            lambda enc=enc: _merv([enc]),
-            f"single-encoder baseline ({enc.id}, {enc.num_frames} frames)",
-        )
-        for key, enc in MERV_ENCODERS.items()
-    },
-    "merv-tiny": (VideoLMConfig.tiny, "CPU-sized: two tiny encoders (4 and 8 frames) and a 2-layer LLM"),
+_MODELS: dict[str, Callable[[], VideoLMConfig]] = {
+    # Four encoders; merv-full's LLM is instruction-tuned (stage 2), merv-frozen's kept frozen.
+    "merv-full": lambda: _merv(list(MERV_ENCODERS.values())),
+    "merv-frozen": lambda: _merv(list(MERV_ENCODERS.values())),
+    # Single-encoder baselines, one per MERV encoder.
+    **{f"merv-{key}-only": (lambda enc=enc: _merv([enc])) for key, enc in MERV_ENCODERS.items()},
+    # CPU-sized: two tiny encoders (4 and 8 frames) and a 2-layer LLM.
+    "merv-tiny": VideoLMConfig.tiny,
 }
 
 
@@ -58,15 +57,12 @@ def available_models() -> list[str]:
 
 
 def model_config(name: str) -> VideoLMConfig:
-    """The architecture a registered name stands for."""
+    """The architecture a registered name stands for: a fresh config the caller may change freely."""
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}")
-    return _MODELS[name][0]()
-
-
-def describe(name: str) -> str:
-    model_config(name)
-    return _MODELS[name][1]
+    # The MERV configs are built from the module-level MERV_LLM and MERV_ENCODERS objects; a deep copy
+    # keeps a caller's edits out of them and out of every later result.
+    return copy.deepcopy(_MODELS[name]())
 
 
 def model_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from merv.models.encoders import build_encoder
 from merv.models.fusion import FusionKind, build_fusion
-from merv.models.llm import LLMConfig, build_llm, load_tokenizer
+from merv.models.llm import LLMConfig, build_llm, load_llm, load_tokenizer
 from merv.models.processor import IGNORE_INDEX, VideoLMProcessor
 from merv.models.projector import Projector
 from merv.models.prompting import VIDEO_TOKEN, PromptBuilder, PromptFormat
@@ -78,7 +78,8 @@ class VideoLMConfig:
     fusion: FusionKind = "cross-attention"
     """How the encoders' sequences are combined."""
     max_length: int = 2048
-    """Longest token sequence (text + visual) fed to the LLM; longer text is cut at the end."""
+    """Longest token sequence (text + visual) fed to the LLM; longer training text is cut at the end, a longer
+    generation prompt is an error. Must leave room for text after the visual tokens."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """Adapter settings used by `freeze("lora")`."""
 
@@ -133,6 +134,12 @@ class VideoLM(nn.Module):
     def __init__(self, config: VideoLMConfig, *, llm: nn.Module | None = None, tokenizer=None) -> None:
         super().__init__()
         config = copy.deepcopy(config)
+        side = math.isqrt(config.tokens_per_frame)
+        if config.tokens_per_frame < 1 or side * side != config.tokens_per_frame:
+            raise ValueError(
+                f"tokens_per_frame={config.tokens_per_frame} must be a positive square number (1, 4, 9, 16, ...): "
+                "each frame's spatial tokens are pooled to a square grid"
+            )
         self.encoders = nn.ModuleList(
             build_encoder(e.id, pretrained=e.pretrained, num_frames=e.num_frames) for e in config.encoders
         )
@@ -146,6 +153,15 @@ class VideoLM(nn.Module):
         self.fusion = build_fusion(config.fusion, width, len(self.encoders))
         self.config = config
         self.num_visual_tokens = self.fusion.output_length(self.temporal_tokens * config.tokens_per_frame)
+        if self.num_visual_tokens >= config.max_length:
+            # Otherwise every sample would fail later, one by one, with no hint at the cause.
+            hint = ", or use a fusion that does not concatenate sequences" if config.fusion == "concat-sequence" else ""
+            raise ValueError(
+                f"{config.fusion!r} fusion gives L_v={self.num_visual_tokens} visual tokens "
+                f"({len(self.encoders)} encoder(s), T={self.temporal_tokens} x tokens_per_frame="
+                f"{config.tokens_per_frame}), leaving no room for text in max_length={config.max_length}: "
+                f"raise max_length or lower temporal_tokens / tokens_per_frame{hint}"
+            )
         self.processor = VideoLMProcessor(
             self.tokenizer,
             self._prompt_format(),
@@ -247,6 +263,11 @@ class VideoLM(nn.Module):
         if aligned_features is None and pixel_values is not None:
             aligned_features = self.encode_aligned(pixel_values)
         if aligned_features is None:
+            if video_mask is not None and video_mask.any():
+                # The placeholders hold pad embeddings: the LLM would read them as the video.
+                raise ValueError(
+                    f"batch has {int(video_mask.sum())} video positions but neither pixel_values nor aligned_features"
+                )
             return embeds, None
         visual, weights = self.fuse(aligned_features)  # (B_v, L_v, D)
         if video_mask is None or int(video_mask.sum()) != visual.shape[0] * visual.shape[1]:
@@ -302,7 +323,10 @@ class VideoLM(nn.Module):
         """
         self._check_num_frames(num_frames)
         single = not isinstance(prompt_text, list)
-        videos, prompts = ([video], [prompt_text]) if single else (list(video), prompt_text)
+        if single:
+            videos, prompts = [video], [prompt_text]
+        else:
+            videos, prompts = ([None] * len(prompt_text) if video is None else list(video)), prompt_text
         if len(videos) != len(prompts):
             raise ValueError(f"got {len(videos)} videos for {len(prompts)} prompts")
         items = []
@@ -331,11 +355,11 @@ class VideoLM(nn.Module):
     ) -> list[float]:
         """Mean negative log-likelihood of each option as the answer to `question` (lower = more likely).
 
-        The video is encoded once and shared by all options; the question should not list the options,
-        so scores do not depend on their order.
+        The video is encoded once and shared by all options (None scores the text alone); the question
+        should not list the options, so scores do not depend on their order.
         """
-        prompt = question if VIDEO_TOKEN in question else f"{VIDEO_TOKEN}\n{question}"
         has_video = video is not None
+        prompt = f"{VIDEO_TOKEN}\n{question}" if has_video and VIDEO_TOKEN not in question else question
         items = [
             self.processor.encode([{"from": "human", "value": prompt}, {"from": "gpt", "value": o}], has_video)
             for o in options
@@ -361,6 +385,29 @@ class VideoLM(nn.Module):
         if not key.startswith("encoders."):
             return False
         return self.config.encoders[int(key.split(".")[1])].pretrained is not None
+
+    def _load_state(self, state: dict[str, torch.Tensor], source: str | Path, llm_loaded: bool = False) -> list[str]:
+        """Load a (partial) state dict and return the keys it lacked; shared by every loading path.
+
+        Keys may be missing only for weights that come from elsewhere: frozen encoders stored by reference,
+        the whole LLM when `llm_loaded` (it came from its own directory), or the base weights of a named
+        pretrained LLM (adapters must be in `state`). Anything else missing, or any unexpected key, is an
+        error naming `source`.
+        """
+        result = self.load_state_dict(state, strict=False)
+        named_llm = self.config.llm.name_or_path is not None
+
+        def may_be_missing(key: str) -> bool:
+            if self._stored_by_reference(key):
+                return True
+            return key.startswith("llm.") and (llm_loaded or (named_llm and "lora_" not in key))
+
+        bad = [k for k in result.missing_keys if not may_be_missing(k)]
+        if bad or result.unexpected_keys:
+            raise RuntimeError(
+                f"{source} does not match the model: missing {bad[:8]}, unexpected {result.unexpected_keys[:8]}"
+            )
+        return result.missing_keys
 
     def save_pretrained(self, path: str | Path, merge_lora: bool = False) -> None:
         """Write `config.json`, `model.safetensors` (projectors, fusion, randomly initialised encoders),
@@ -396,24 +443,16 @@ class VideoLM(nn.Module):
             raise FileNotFoundError(f"{path} is not a saved VideoLM: no {CONFIG_NAME}")
         meta = json.loads((path / CONFIG_NAME).read_text())
         config = VideoLMConfig(**meta["config"])
-        tokenizer = AutoTokenizer.from_pretrained(path / LLM_DIR)
-        llm = AutoModelForCausalLM.from_pretrained(
-            path / LLM_DIR,
-            dtype=dtype or getattr(torch, config.llm.dtype),
-            attn_implementation=config.llm.attn_implementation,
-        )
+        # The same loaders as a fresh build, so trust_remote_code and the attention check apply here too.
+        tokenizer = load_tokenizer(config.llm, source=path / LLM_DIR)
+        llm = load_llm(path / LLM_DIR, config.llm, dtype=dtype)
         if meta.get("lora"):
             from peft import PeftModel
 
-            llm = PeftModel.from_pretrained(llm, path / ADAPTER_DIR)
+            # Keep adapters in the LLM's dtype, as `add_lora` does (peft would upcast bf16 ones to fp32).
+            llm = PeftModel.from_pretrained(llm, path / ADAPTER_DIR, autocast_adapter_dtype=False)
         model = cls(config, llm=llm, tokenizer=tokenizer)
-        result = model.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("llm.") and not model._stored_by_reference(k)]
-        if missing or result.unexpected_keys:
-            raise RuntimeError(
-                f"{path / WEIGHTS_NAME} does not match the config: missing {missing}, "
-                f"unexpected {result.unexpected_keys}"
-            )
+        model._load_state(load_file(str(path / WEIGHTS_NAME)), path / WEIGHTS_NAME, llm_loaded=True)
         if dtype is not None:
             model.to(dtype)
         model.stage = meta.get("stage")

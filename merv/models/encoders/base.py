@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,13 @@ class FrameSpec:
     std: tuple[float, float, float]
 
     def resize(self, frames: torch.Tensor) -> torch.Tensor:
-        """`(T, H, W, 3)` uint8 → `(T, 3, S, S)` uint8, squashed to a square like the SigLIP/DINOv2 processors.
+        """`(T, H, W, 3)` uint8 → `(T, 3, S, S)` uint8, the whole frame squashed to a square.
 
-        Resizing uint8 with antialiasing (torch's fast CPU kernel) is ~20x cheaper than resizing floats and
-        matches the library processors' PIL resize to one grey level.
+        The aspect ratio is not kept and nothing is cropped, as in the SigLIP processor. The CLIP and DINOv2
+        processors differ: they resize the short edge and centre-crop, so on non-square video those encoders
+        see here the full, squashed frame where their own processors would show a centre crop. Resizing
+        uint8 with antialiasing (torch's fast CPU kernel) is ~20x cheaper than resizing floats and matches a
+        PIL bilinear resize to one grey level.
         """
         x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
         if x.shape[-2:] != (self.image_size, self.image_size):
@@ -46,9 +48,17 @@ class FrameSpec:
         return x
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 `(..., 3, S, S)` → float32 `(pixels / 255 - mean) / std` in one pass, on the pixels' device."""
+        """uint8 `(..., 3, S, S)` → float32 `(pixels / 255 - mean) / std` in one pass, on the pixels' device.
+
+        Raises:
+            TypeError: `pixels` are not uint8 (float pixels are taken as already normalised elsewhere, and
+                normalising them twice would be silently wrong).
+        """
+        if pixels.dtype != torch.uint8:
+            raise TypeError(f"FrameSpec.normalize expects uint8 pixels (0-255), got {pixels.dtype}")
         std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
         mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        # `.float()` of uint8 is a new tensor, so the in-place ops never touch the caller's pixels.
         return pixels.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 
@@ -107,10 +117,11 @@ class VisionEncoder(nn.Module):
         raise NotImplementedError
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.ndim != 5 or pixels.shape[1] != self.num_frames or pixels.shape[-1] != self.image_size:
+        expected_shape = (self.num_frames, 3, self.image_size, self.image_size)
+        if pixels.ndim != 5 or tuple(pixels.shape[1:]) != expected_shape:
             raise ValueError(
                 f"encoder {self.encoder_id!r} expects (B, {self.num_frames}, 3, {self.image_size}, "
-                f"{self.image_size}) pixels, got {tuple(pixels.shape)}"
+                f"{self.image_size}) pixels (batch, frames, channels first, height, width), got {tuple(pixels.shape)}"
             )
         features = self.encode(pixels)  # (B, T', N, D)
         expected = (pixels.shape[0], *self.output_shape)
@@ -149,13 +160,6 @@ class VisionEncoder(nn.Module):
         """
         tokens = tokens[:, prefix_tokens:]
         return tokens.reshape(-1, self.temporal_tokens, self.grid[0] * self.grid[1], tokens.shape[-1])
-
-    @staticmethod
-    def square_grid(num_patches: int) -> tuple[int, int]:
-        side = math.isqrt(num_patches)
-        if side * side != num_patches:
-            raise ValueError(f"expected a square patch grid, got {num_patches} patches")
-        return side, side
 
 
 def tubelet_tokens(num_frames: int, tubelet: int, family: str) -> int:
