@@ -1,4 +1,4 @@
-"""Command line: `python -m merv.cli fit|validate|test|predict --config a.yaml [--config b.yaml] [--x.y v]`."""
+"""Command line: `python -m merv.cli fit|validate|test --config a.yaml [--config b.yaml] [--x.y v]`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from merv.lit import MERVDataModule, MERVLitModule
 
 class MERVCLI(LightningCLI):
     """LightningCLI with MERV's module and data module; later configs and flags override earlier ones."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # No `predict`: the module has no predict step; answers come from the evaluation scripts.
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
     def add_arguments_to_parser(self, parser) -> None:
         # Shuffling follows the run's seed, so one number makes a run reproducible.

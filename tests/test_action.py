@@ -536,6 +536,26 @@ def test_eval_script_runs_a_saved_model(tiny_model, omnifall, tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+def test_eval_script_takes_a_training_run_and_names_its_default_output_dir_after_it(
+    tiny_model, omnifall, tmp_path, monkeypatch
+):
+    from merv.eval.action import eval_main
+
+    # A Lightning checkpoint as training writes it: the model's weights under `model.`, its config in hparams.
+    ckpt = tmp_path / "outputs/fall/run/version_0/checkpoints/last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    state = {f"model.{k}": v for k, v in tiny_model.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"vidlm": tiny_model.config.to_dict()}}, ckpt)
+    monkeypatch.chdir(tmp_path)
+    report = eval_main(
+        ["--model_path", "outputs/fall/run/version_0", "--labels", str(omnifall), "--mode", "loglik",
+         "--classes", "walk,fall,fallen", "--limit", "2", "--device", "cpu"]
+    )  # fmt: skip
+    assert report["counts"]["evaluated"] == 2
+    assert Path(report["files"]["report"]) == Path("eval_results/fall-run-version_0/action/loglik_report.json")
+    assert Path(report["files"]["report"]).is_file()
+
+
 # ---- recipes ----------------------------------------------------------------------------------------------
 
 

@@ -54,6 +54,17 @@ def test_later_configs_and_flags_override_earlier_ones(capsys):
     assert config["model"]["vidlm"]["fusion"] == "sum"
 
 
+def test_cli_offers_only_the_subcommands_the_module_supports(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code in (0, None)
+    usage = capsys.readouterr().out
+    assert all(name in usage for name in ("fit", "validate", "test")) and "predict" not in usage
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--config", QUICKSTART])
+    assert exit_info.value.code not in (0, None)
+
+
 def test_fsdp_config_builds_a_strategy_with_the_merv_policy(capsys):
     from lightning.pytorch.strategies import FSDPStrategy
 

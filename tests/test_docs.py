@@ -8,6 +8,7 @@ scripts run with a stand-in `srun` that does the same. `make` targets are what C
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,8 +70,13 @@ def run(command: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
             SLURM_NTASKS_PER_NODE="8",
             SLURM_NNODES=nodes,
             PYTHON=sys.executable,
+            SLURM_SUBMIT_DIR=str(cwd),
         )
-        argv = ["bash", script, *argv[argv.index(script) + 1 :]]
+        # slurmd runs a copy of the script from its spool directory, started in the submission directory.
+        spooled = cwd.parent / "spool" / "slurm_script"
+        spooled.parent.mkdir(exist_ok=True)
+        shutil.copy(cwd / script, spooled)
+        argv = ["bash", str(spooled), *argv[argv.index(script) + 1 :]]
     elif argv[0].endswith("tensorboard"):
         argv = [str(Path(sys.executable).parent / "tensorboard"), *argv[1:], "--inspect"]
     elif argv[1:3] == ["-m", "merv.cli"] and any(g in command for g in GPU_CONFIGS):

@@ -255,8 +255,15 @@ def test_duplicate_ids_and_missing_fields_are_refused():
     recs[1]["id"] = recs[0]["id"]
     with pytest.raises(ValueError, match="occur more than once"):
         judge_predictions(recs, judge)
-    with pytest.raises(ValueError, match=r"record 0 lacks field\(s\) \['pred'\]"):
+    with pytest.raises(ValueError, match=r"record 0 \(id 1\) lacks field\(s\) \['pred'\]"):
         judge_predictions([{"id": 1, "question": "q", "answer": "a"}], judge)
+    # Errors name the predictions file and the record's id, wherever the records came from.
+    incomplete = [{"id": "v1", "question": "q", "answer": "a", "pred": "a"}, {"question_id": "v2", "pred": "b"}]
+    where = r"preds\.jsonl: prediction record 1 \(id 'v2'\) lacks field\(s\) \['id', 'question', 'answer'\]"
+    with pytest.raises(ValueError, match=where):
+        judge_predictions(incomplete, judge, source="preds.jsonl")
+    with pytest.raises(ValueError, match=where):
+        judge_report(incomplete, None, source="preds.jsonl")
 
 
 def test_unreachable_endpoint_fails_items_without_crashing():

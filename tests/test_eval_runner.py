@@ -4,13 +4,14 @@ the command-line scripts (with a counting fake model, and with a real tiny Video
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from merv.eval.cli import gpt_main, mcq_main, openended_main
+from merv.eval.cli import default_output_dir, gpt_main, mcq_main, openended_main
 from merv.eval.runner import (
     EvalConfig,
     MergeError,
@@ -18,13 +19,14 @@ from merv.eval.runner import (
     SkipRateError,
     chunk_bounds,
     chunk_path,
+    decoding_settings,
     evaluate,
     merge_chunks,
     read_predictions,
     run_chunk,
     summary_line,
 )
-from merv.eval.tasks import MCQ_PROMPT_VERSION, NEXTQA_COLUMNS
+from merv.eval.tasks import MCQ_PROMPT_VERSION, NEXTQA_COLUMNS, get_task
 
 # -------------------------------------------------------------------------------------------- fixtures
 
@@ -450,6 +452,51 @@ def test_mcq_script_merge_only_and_wrong_kind(tmp_path, monkeypatch):
         mcq_main(["--model_path", "m", "--eval_dataset", "msvd", "--filename_question", str(tmp_path / "nextqa.csv")])
 
 
+def test_models_get_distinct_default_output_dirs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for run in ("a", "b"):
+        (tmp_path / "outputs" / run / "run/version_0/model").mkdir(parents=True)
+    a = default_output_dir("outputs/a/run/version_0/model")
+    b = default_output_dir("outputs/b/run/version_0/model/")
+    assert a == Path("eval_results/a-run-version_0-model") and b == Path("eval_results/b-run-version_0-model")
+    assert default_output_dir("outputs/a/run/version_0/checkpoints/last.ckpt.consolidated") == Path(
+        "eval_results/a-run-version_0-checkpoints-last.ckpt.consolidated"
+    )
+    assert default_output_dir("models/merv-tiny") == Path("eval_results/merv-tiny")
+    assert default_output_dir("merv-full") == Path("eval_results/merv-full")  # a registered name
+
+    # Two exported models, both named `model`, evaluated with the default output dir: no collision.
+    write_nextqa(tmp_path, n=4)
+    monkeypatch.setattr("merv.eval.cli.load_model", lambda *args, **kw: FakeModel())
+    question = ["--eval_dataset", "nextqa", "--filename_question", str(tmp_path / "nextqa.csv"),
+                "--video_root", str(tmp_path / "videos")]  # fmt: skip
+    for run in ("a", "b"):
+        line = mcq_main(["--model_path", f"outputs/{run}/run/version_0/model", *question])
+        assert line.startswith("nextqa [naive]: accuracy")
+        report = json.loads((tmp_path / f"eval_results/{run}-run-version_0-model/nextqa_naive_report.json").read_text())
+        assert report["model_path"] == str((tmp_path / f"outputs/{run}/run/version_0/model").resolve())
+
+
+def test_frame_counts_are_the_models_own(tmp_path):
+    write_nextqa(tmp_path, n=2)
+    with pytest.raises(SystemExit):  # the encoders' frame counts are fixed by the model
+        mcq_main(["--model_path", "m", "--eval_dataset", "nextqa", "--filename_question", str(tmp_path / "nextqa.csv"),
+                  "--num_frames", "4", "8"])  # fmt: skip
+    assert "num_frames" not in decoding_settings(cfg_for(tmp_path, "o", strategy="loglik"), get_task("nextqa"))
+
+
+def test_a_corrupt_meta_file_is_named(tmp_path):
+    write_nextqa(tmp_path, n=4)
+    cfg = cfg_for(tmp_path, "out")
+    run_chunk(FakeModel(), cfg)
+    meta = next((tmp_path / "out").glob("*.meta.json"))
+    meta.write_text('{"task": "nextqa", ')
+    with pytest.raises(ValueError, match=re.escape(str(meta))):
+        run_chunk(FakeModel(), cfg)
+    with pytest.raises(ValueError, match=re.escape(str(meta))):
+        merge_chunks(tmp_path / "out", "nextqa_naive", 1)
+
+
 # ------------------------------------------------------------------------------------ real tiny VideoLM
 
 
@@ -556,7 +603,6 @@ def test_eval_mcq_script_on_a_saved_videolm(tmp_path, tiny_checkpoint):
         "do_sample": False,
         "greedy": True,
         "max_new_tokens": 4,
-        "num_frames": None,
     }
     recs = read_predictions(out / "nextqa_naive_pred_merge.jsonl")
     assert all(isinstance(r["output"], str) for r in recs)

@@ -1,7 +1,7 @@
 """`python -m merv.eval merge ...`: merge finished prediction chunks and write the report by hand.
 
 Example:
-    python -m merv.eval merge --output_dir eval_result/my-model --name nextqa_naive --num_chunks 4
+    python -m merv.eval merge --output_dir eval_results/my-model --name nextqa_naive --num_chunks 4
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ label, or several with equal standing, is counted as unparsed and never guessed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -36,8 +35,10 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from merv.data.dataset import SkipRateError
 from merv.data.formats import FORMATS, OMNIFALL_CLASSES, VIDEO_TOKEN, AnnotationError, load_annotations, normalize_label
 from merv.data.video import VideoDecodeError
+from merv.eval.cli import default_output_dir, load_model
 from merv.eval.metrics import (
     DEFAULT_POSITIVE,
     UNPARSED,
@@ -46,6 +47,8 @@ from merv.eval.metrics import (
     classification_metrics,
     save_confusion_matrix,
 )
+from merv.eval.runner import summary_line, write_json_atomic
+from merv.eval.tasks import file_identity
 
 logger = logging.getLogger(__name__)
 
@@ -877,10 +880,8 @@ def _exemplar_source(cfg: ActionEvalConfig) -> dict[str, Any]:
 
 
 def _sha256(path: str | os.PathLike) -> str | None:
-    p = Path(path)
-    if not p.is_file():
-        return None
-    return hashlib.sha256(p.read_bytes()).hexdigest()
+    """sha256 of an annotation file; None for a folder-per-class root (hashing every video would take long)."""
+    return file_identity(path)["sha256"] if Path(path).is_file() else None
 
 
 _META_SKIP = ("conversations", "video", "label", "label_id", "id", "start", "end")
@@ -898,10 +899,6 @@ def _prediction_row(record: Mapping[str, Any], result: Mapping[str, Any]) -> dic
     row["correct"] = row.get("prediction") == record["label"]
     row.update({k: v for k, v in record.items() if k not in _META_SKIP and k not in row})
     return row
-
-
-class SkipRateError(RuntimeError):
-    """Too many clips could not be decoded: the data or its paths are broken, not a few files."""
 
 
 def evaluate_action(
@@ -1006,7 +1003,7 @@ def evaluate_action(
         "report": str(out_dir / f"{name}_report.json"),
     }
     report["elapsed_s"] = round(time.perf_counter() - started, 2)
-    _write_json(out_dir / f"{name}_report.json", report)
+    write_json_atomic(out_dir / f"{name}_report.json", report)
     total = len(records)
     if total and len(skipped) / total > cfg.max_skip_rate:
         raise SkipRateError(
@@ -1037,12 +1034,6 @@ def _predict_with_retries(
 
 def _str(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def action_report(
@@ -1081,6 +1072,7 @@ def action_report(
         settings["scoring"] = "argmin over the classes of the mean token NLL of the class name as the answer"
     return {
         "task": "action",
+        "kind": "action",
         "model_path": cfg.model_path,
         "settings": settings,
         "classes": list(task.classes),
@@ -1104,26 +1096,6 @@ def action_report(
     }
 
 
-def summary_line(report: Mapping[str, Any]) -> str:
-    """One line for the console: mode, counts, accuracy, balanced accuracy, macro-F1 and the fall view."""
-
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:.1f}%"
-
-    c = report["counts"]
-    line = (
-        f"{report['settings']['mode']}: {c['evaluated']} clips ({c['unparsed']} unparsed, {c['skipped']} skipped) "
-        f"accuracy {pct(report['accuracy'])}, balanced {pct(report['balanced_accuracy'])}, "
-        f"macro-F1 {pct(report['macro_f1'])}"
-    )
-    if report.get("fall_sensitivity") is not None or report.get("fall_specificity") is not None:
-        line += (
-            f"; fall sensitivity {pct(report['fall_sensitivity'])}, "
-            f"specificity {pct(report['fall_specificity'])}, F1 {pct(report['fall_f1'])}"
-        )
-    return line
-
-
 # ---- command line ----------------------------------------------------------------------------------------
 
 
@@ -1134,7 +1106,7 @@ def _csv_arg(value: str | None) -> list[str] | None:
 def build_eval_parser() -> argparse.ArgumentParser:
     """Flags of `scripts/eval_action.py`."""
     p = argparse.ArgumentParser(description="Evaluate a VideoLM on action recognition / fall detection.")
-    p.add_argument("--model_path", required=True, help="a save_pretrained directory")
+    p.add_argument("--model_path", required=True, help="saved model dir, .ckpt, run dir or registered name")
     p.add_argument("--labels", required=True, help="label CSV, class-folder root, or prepared .jsonl")
     p.add_argument("--format", default=None, help="annotation format (default: sniffed)")
     p.add_argument("--split_file", default=None, help="OmniFall split CSV of the evaluated videos")
@@ -1155,7 +1127,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--positive", default=",".join(DEFAULT_POSITIVE), help="positive classes of the fall view")
     p.add_argument("--unparsed_as", default="error", choices=("error", "negative"))
     p.add_argument("--breakdown", default="auto", help="metadata columns (a,b), 'auto' or 'none'")
-    p.add_argument("--output_dir", default="eval_results/action")
+    p.add_argument("--output_dir", default=None, help="default eval_results/<model name>/action")
     p.add_argument("--max_new_tokens", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N clips only")
     p.add_argument("--max_skip_rate", type=float, default=0.2)
@@ -1168,11 +1140,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
 def eval_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse flags, load the model, evaluate, write the files; returns the report."""
     args = build_eval_parser().parse_args(argv)
-    from merv.models import VideoLM
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = VideoLM.from_pretrained(args.model_path, dtype=dtype).to(device).eval()
+    model = load_model(args.model_path, args.device, args.dtype)
     cfg = ActionEvalConfig(
         labels=args.labels,
         format=args.format,
@@ -1193,7 +1161,7 @@ def eval_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         positive=_csv_arg(args.positive) or [],
         unparsed_as=args.unparsed_as,
         breakdown=_csv_arg(args.breakdown) or ["none"],
-        output_dir=args.output_dir,
+        output_dir=args.output_dir or default_output_dir(args.model_path) / "action",
         model_path=args.model_path,
         limit=args.limit,
         max_skip_rate=args.max_skip_rate,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,31 @@ def resolve_data_file(name: str | None, data_root: str, dataset: str, required: 
     return None
 
 
+# Path parts that every run or export shares: they tell models apart only together with the parts above them.
+_GENERIC_PART = re.compile(r"model|run|checkpoints|version_\d+|.*\.ckpt(\.consolidated)?")
+
+
+def default_output_dir(model_path: str, root: str = "eval_results") -> Path:
+    """Where a model's results go by default: `<root>/<name>`, `name` being the model's path from its last
+    distinctive part, joined with `-`.
+
+    Exported models are all called `model` and checkpoints `last.ckpt`, so the name reaches up to the
+    first folder that is not a run, version or checkpoint folder: `outputs/tour/run/version_0/model` gives
+    `eval_results/tour-run-version_0-model`, `models/merv-tiny` gives `eval_results/merv-tiny`, and a
+    registered name stays itself.
+    """
+    path = Path(model_path)
+    parts = (path.resolve() if path.exists() else path).parts
+    name: list[str] = []
+    for part in reversed(parts):
+        if part in ("", "/", ".", ".."):
+            continue
+        name.insert(0, part)
+        if not _GENERIC_PART.fullmatch(part):
+            break
+    return Path(root) / ("-".join(name) or "model")
+
+
 def load_model(model_path: str, device: str | None = None, dtype: str | None = None) -> Any:
     """Load a model for inference: a saved dir, a `.ckpt`, a run dir or a registered name (see `load_vid`)."""
     import torch
@@ -101,14 +127,11 @@ def _run_parser(description: str, kind: str) -> argparse.ArgumentParser:
         default=os.environ.get("MERV_EVAL_ROOT", "eval_data"),
         help="root of benchmark folders (env MERV_EVAL_ROOT)",
     )
-    p.add_argument("--output_dir", default=None, help="default eval_result/<model name>")
+    p.add_argument("--output_dir", default=None, help="default eval_results/<model name> (see default_output_dir)")
     p.add_argument("--num_chunks", type=int, default=1, help="split the benchmark into this many chunks")
     p.add_argument("--chunk_idx", type=int, default=0, help="which chunk this process computes (0-based)")
     p.add_argument(
         "--max_new_tokens", type=int, default=None, help="generation length (default 16 for MCQ, 128 open-ended)"
-    )
-    p.add_argument(
-        "--num_frames", type=int, nargs="+", default=None, help="per-encoder frame counts (default: the model's)"
     )
     p.add_argument(
         "--max_skip_rate", type=_positive_fraction, default=0.2, help="fail when more videos than this are unreadable"
@@ -133,7 +156,7 @@ def _config_from_args(args: argparse.Namespace, strategy: str = "naive") -> Eval
     if video_root is None:
         default = Path(args.data_root) / args.eval_dataset / "videos"
         video_root = str(default if default.is_dir() else qfile.parent)
-    output_dir = args.output_dir or str(Path("eval_result") / Path(args.model_path.rstrip("/")).name)
+    output_dir = args.output_dir or str(default_output_dir(args.model_path))
     return EvalConfig(
         task=task.name,
         question_file=str(qfile),
@@ -143,7 +166,6 @@ def _config_from_args(args: argparse.Namespace, strategy: str = "naive") -> Eval
         model_path=str(Path(args.model_path).resolve()) if Path(args.model_path).exists() else args.model_path,
         strategy=strategy,  # type: ignore[arg-type]
         max_new_tokens=args.max_new_tokens,
-        num_frames=args.num_frames,
         num_chunks=args.num_chunks,
         chunk_idx=args.chunk_idx,
         max_skip_rate=args.max_skip_rate,
@@ -204,14 +226,19 @@ def _normalise_prediction_records(records: list[dict[str, Any]], path: Path) -> 
 
 
 def score_openended(
-    records: list[dict[str, Any]], args: argparse.Namespace, items_file: Path, type_names: dict[str, str]
+    records: list[dict[str, Any]],
+    args: argparse.Namespace,
+    items_file: Path,
+    type_names: dict[str, str],
+    source: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Judge and string-match section of a report; per-item verdicts go to `items_file`."""
+    """Judge and string-match section of a report; per-item verdicts go to `items_file`; `source` (the
+    predictions file) is named in errors."""
     judge = _build_judge(args)
     cache = None
     if judge is not None:
         cache = JudgeCache(args.cache_dir or items_file.parent / "judge_cache")
-    section, items = judge_report(records, judge, cache, args.concurrency, type_names)
+    section, items = judge_report(records, judge, cache, args.concurrency, type_names, source)
     if items:
         write_jsonl_atomic(items_file, (it.to_dict() for it in items))
         section["items_file"] = str(items_file.resolve())
@@ -264,7 +291,7 @@ def openended_main(argv: Sequence[str] | None = None) -> str | None:
     if args.judge != "match":
         records = read_predictions(report["predictions_file"])
         items_file = Path(cfg.output_dir) / f"{name}_judge_items.jsonl"
-        report.update(score_openended(records, args, items_file, dict(task.type_names)))
+        report.update(score_openended(records, args, items_file, dict(task.type_names), report["predictions_file"]))
         write_json_atomic(Path(report["report_file"]), report)
     return summary_line(report)
 
@@ -300,7 +327,7 @@ def gpt_main(argv: Sequence[str] | None = None) -> str:
             "skipped": sum(r.get("status") == "skipped" for r in records),
         },
     }
-    report.update(score_openended(records, args, items_file, type_names))
+    report.update(score_openended(records, args, items_file, type_names, pred_path))
     write_json_atomic(output, report)
     log.info("wrote %s", output)
     return summary_line(report)

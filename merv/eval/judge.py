@@ -365,10 +365,15 @@ class JudgedItem:
         return d
 
 
-def _item_fields(rec: Mapping[str, Any], index: int) -> tuple[str, str, str, str, str | None]:
+def _item_fields(
+    rec: Mapping[str, Any], index: int, source: str | os.PathLike | None = None
+) -> tuple[str, str, str, str, str | None]:
     missing = [k for k in ("id", "question", "answer", "pred") if k not in rec or rec[k] is None]
     if missing:
-        raise ValueError(f"prediction record {index} lacks field(s) {missing}")
+        rid = rec.get("id", rec.get("question_id"))
+        where = f"{source}: " if source is not None else ""
+        named = "" if rid is None else f" (id {rid!r})"
+        raise ValueError(f"{where}prediction record {index}{named} lacks field(s) {missing}")
     qtype = rec.get("question_type", rec.get("type"))
     return (
         str(rec["id"]),
@@ -384,6 +389,7 @@ def judge_predictions(
     judge: Judge,
     cache: JudgeCache | None = None,
     concurrency: int | None = None,
+    source: str | os.PathLike | None = None,
 ) -> list[JudgedItem]:
     """Judge every prediction once, in parallel, reusing cached verdicts.
 
@@ -393,6 +399,7 @@ def judge_predictions(
         judge: the back end.
         cache: verdict cache; None disables caching.
         concurrency: worker threads; defaults to the judge's own limit, and never exceeds it.
+        source: the predictions file, named in errors.
 
     Returns:
         One `JudgedItem` per record, in input order.
@@ -400,11 +407,12 @@ def judge_predictions(
     Raises:
         ValueError: a record lacks a field or two records share an id.
     """
-    fields = [_item_fields(r, i) for i, r in enumerate(records)]
+    fields = [_item_fields(r, i, source) for i, r in enumerate(records)]
     counts = Counter(f[0] for f in fields)
     dupes = sorted(k for k, c in counts.items() if c > 1)
     if dupes:
-        raise ValueError(f"{len(dupes)} prediction id(s) occur more than once, e.g. {dupes[:3]}")
+        where = f"{source}: " if source is not None else ""
+        raise ValueError(f"{where}{len(dupes)} prediction id(s) occur more than once, e.g. {dupes[:3]}")
     workers = min(judge.max_concurrency, concurrency or judge.max_concurrency)
 
     def run_one(i: int) -> JudgedItem:
@@ -502,16 +510,19 @@ def token_f1(pred: str, reference: str) -> float:
 
 
 def string_match_report(
-    records: Sequence[Mapping[str, Any]], type_names: Mapping[str, str] | None = None
+    records: Sequence[Mapping[str, Any]],
+    type_names: Mapping[str, str] | None = None,
+    source: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Mean exact match and token F1 of `pred` against `answer`, overall and per question type.
 
-    Skipped records (no prediction) score 0 and are counted under `skipped`.
+    Skipped records (no prediction) score 0 and are counted under `skipped`; `source` (the predictions file)
+    is named in errors.
     """
     type_names = type_names or {}
     rows = []
     for i, rec in enumerate(records):
-        qid, _q, answer, pred, qtype = _item_fields(rec, i)
+        qid, _q, answer, pred, qtype = _item_fields(rec, i, source)
         skipped = rec.get("status") == "skipped"
         em = 0.0 if skipped else exact_match(pred, answer)
         f1 = 0.0 if skipped else token_f1(pred, answer)
@@ -539,16 +550,19 @@ def judge_report(
     cache: JudgeCache | None = None,
     concurrency: int | None = None,
     type_names: Mapping[str, str] | None = None,
+    source: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], list[JudgedItem]]:
     """Score open-ended predictions: the string-match metric always, the judge when one is given.
+
+    `source`, the predictions file, is named in errors.
 
     Returns:
         The report section (`string_match`, and `judge` with the judge's settings, prompt version, accuracy,
         mean score and failure count) and the per-item verdicts (empty without a judge).
     """
-    report: dict[str, Any] = {"string_match": string_match_report(records, type_names)}
+    report: dict[str, Any] = {"string_match": string_match_report(records, type_names, source)}
     items: list[JudgedItem] = []
     if judge is not None:
-        items = judge_predictions(records, judge, cache, concurrency)
+        items = judge_predictions(records, judge, cache, concurrency, source)
         report["judge"] = {**judge.describe(), **summarize_judgements(items, type_names)}
     return report, items

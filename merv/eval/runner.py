@@ -12,11 +12,12 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from merv.data.video import IMAGE_SUFFIXES, VideoDecodeError, sample_indices
+from merv.data.dataset import SkipRateError
+from merv.data.video import VideoDecodeError, read_frames
 from merv.eval.judge import string_match_report, type_label
 from merv.eval.parsing import LETTERS, parse_mcq_answer
 from merv.eval.tasks import (
@@ -35,8 +36,6 @@ log = logging.getLogger(__name__)
 Strategy = Literal["naive", "loglik"]
 STRATEGIES: tuple[str, ...] = ("naive", "loglik")
 
-#: Frames per second of the extracted frame folders some benchmarks ship (TVQA, MVBench episodic reasoning).
-FRAME_FOLDER_FPS = 3.0
 # An unreadable video skips its item; any other error stops the run.
 _VIDEO_ERRORS = (FileNotFoundError, VideoDecodeError)
 
@@ -56,7 +55,6 @@ class EvaluableModel(Protocol):
         self,
         video: Any,
         prompt_text: str,
-        num_frames: list[int] | None = None,
         start: float | None = None,
         end: float | None = None,
         **kwargs: Any,
@@ -75,10 +73,6 @@ class ResumeMismatchError(RuntimeError):
     """An existing chunk file was produced with different settings or data than the current run."""
 
 
-class SkipRateError(RuntimeError):
-    """Too many items of a chunk were skipped because their videos could not be read."""
-
-
 @dataclass
 class EvalConfig:
     """One evaluation run (one chunk of one task).
@@ -92,7 +86,6 @@ class EvalConfig:
         model_path: recorded in the results (the runner receives the loaded model).
         strategy: MCQ strategy: `naive` (generate, parse a letter) or `loglik` (lowest option NLL).
         max_new_tokens: generation length; None = 16 for MCQ, 128 for open-ended.
-        num_frames: per-encoder frame counts passed to `generate`; None = the model's own.
         num_chunks: how many chunks the task is split into.
         chunk_idx: which chunk this run computes (0-based).
         max_skip_rate: fraction of unreadable videos above which the run fails.
@@ -107,7 +100,6 @@ class EvalConfig:
     model_path: str | None = None
     strategy: Strategy = "naive"
     max_new_tokens: int | None = None
-    num_frames: list[int] | None = None
     num_chunks: int = 1
     chunk_idx: int = 0
     max_skip_rate: float = 0.2
@@ -129,7 +121,7 @@ def decoding_settings(cfg: EvalConfig, task: EvalTask) -> dict[str, Any]:
     if task.kind == "mcq":
         settings: dict[str, Any] = {"strategy": cfg.strategy, "prompt_version": MCQ_PROMPT_VERSION}
         if cfg.strategy == "loglik":
-            settings.update({"scoring": "argmin mean token NLL of the option text", "num_frames": cfg.num_frames})
+            settings["scoring"] = "argmin mean token NLL of the option text"
             return settings
     else:
         settings = {"strategy": "generate", "prompt_version": OPENENDED_PROMPT_VERSION}
@@ -138,7 +130,6 @@ def decoding_settings(cfg: EvalConfig, task: EvalTask) -> dict[str, Any]:
             "do_sample": False,
             "greedy": True,
             "max_new_tokens": cfg.max_new_tokens or (16 if task.kind == "mcq" else 128),
-            "num_frames": cfg.num_frames,
         }
     )
     return settings
@@ -203,6 +194,16 @@ def write_jsonl_atomic(path: Path, records: Iterable[Mapping[str, Any]]) -> None
     os.replace(tmp, path)
 
 
+def read_meta(path: Path) -> dict[str, Any]:
+    """A `.meta.json` sidecar; a corrupt one is an error naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}: not valid JSON ({e.msg}, line {e.lineno}); delete it with its predictions file to recompute"
+        ) from e
+
+
 def read_predictions(path: str | os.PathLike, tolerate_truncated_tail: bool = False) -> list[dict[str, Any]]:
     """Read a predictions file: JSON lines, or one JSON array / `{id: record}` object.
 
@@ -250,26 +251,6 @@ def read_predictions(path: str | os.PathLike, tolerate_truncated_tail: bool = Fa
 # --------------------------------------------------------------------------------------------- video input
 
 
-def _frame_folder(path: Path, start: float | None, end: float | None, num_frames: int) -> Any:
-    """Frames of an extracted frame folder (3 fps images) as a `(T, H, W, 3)` uint8 tensor, within bounds."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise VideoDecodeError(path, "the frame folder holds no images")
-    lo = 0 if start is None else max(0, int(start * FRAME_FOLDER_FPS))
-    hi = len(files) if end is None else min(len(files), max(lo + 1, int(round(end * FRAME_FOLDER_FPS))))
-    window = files[lo:hi] or files[-1:]
-    picked = [window[i] for i in sample_indices(len(window), num_frames)]
-    try:
-        arrays = [np.asarray(Image.open(p).convert("RGB")) for p in picked]
-        return torch.from_numpy(np.stack(arrays))
-    except (OSError, ValueError) as e:
-        raise VideoDecodeError(path, f"cannot read frames: {e}") from e
-
-
 def _max_frames(model: Any) -> int:
     counts = getattr(getattr(model, "processor", None), "frame_counts", None)
     return max(counts) if counts else 32
@@ -304,7 +285,7 @@ def _video_input(model: Any, item: EvalItem) -> tuple[Any, dict[str, float | Non
     if not path.exists():
         raise FileNotFoundError(f"video not found: {path}")
     if path.is_dir():
-        return _frame_folder(path, item.start, item.end, _max_frames(model)), {}
+        return read_frames(path, [_max_frames(model)], start=item.start, end=item.end)[0], {}
     bounds = {"start": item.start, "end": item.end} if item.start is not None or item.end is not None else {}
     return str(path), bounds
 
@@ -316,7 +297,6 @@ def _generate(model: Any, item: EvalItem, message: str, settings: Mapping[str, A
     return model.generate(
         video,
         builder.get_prompt(),
-        num_frames=settings.get("num_frames"),
         do_sample=False,
         max_new_tokens=settings["max_new_tokens"],
         **bounds,
@@ -440,7 +420,7 @@ def run_chunk(model: Any, cfg: EvalConfig, items: Sequence[EvalItem] | None = No
     done: dict[str, dict[str, Any]] = {}
     if pred_file.exists():
         if meta_file.exists():
-            old = json.loads(meta_file.read_text(encoding="utf-8"))
+            old = read_meta(meta_file)
             diff = _differences(old, meta, ("task", "num_chunks", "chunk_idx", "model_path", "settings", "data", "ids"))
             if diff:
                 raise ResumeMismatchError(
@@ -487,8 +467,7 @@ def _chunk_state(output_dir: Path, name: str, num_chunks: int, k: int) -> tuple[
     mfile, pfile = meta_path(output_dir, name, num_chunks, k), chunk_path(output_dir, name, num_chunks, k)
     if not mfile.exists() or not pfile.exists():
         raise MergeError(f"chunk {k} of {num_chunks} has not run: {pfile} is missing")
-    meta = json.loads(mfile.read_text(encoding="utf-8"))
-    return meta, read_predictions(pfile)
+    return read_meta(mfile), read_predictions(pfile)
 
 
 def merge_chunks(output_dir: str | os.PathLike, name: str, num_chunks: int) -> Path:
@@ -627,8 +606,13 @@ def mcq_report(records: Sequence[Mapping[str, Any]], task: EvalTask, meta: Mappi
     return report
 
 
-def openended_report(records: Sequence[Mapping[str, Any]], task: EvalTask, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Counts and the string-match metric (exact match, token F1) of open-ended predictions.
+def openended_report(
+    records: Sequence[Mapping[str, Any]],
+    task: EvalTask,
+    meta: Mapping[str, Any],
+    source: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Counts and the string-match metric (exact match, token F1) of open-ended predictions (read from `source`).
 
     The LLM-judge scores are added by `scripts/eval_gpt.py` / `merv.eval.judge`.
     """
@@ -643,36 +627,49 @@ def openended_report(records: Sequence[Mapping[str, Any]], task: EvalTask, meta:
             "answered": sum(r.get("status") == "answered" for r in records),
             "skipped": sum(r.get("status") == "skipped" for r in records),
         },
-        "string_match": string_match_report(records, task.type_names),
+        "string_match": string_match_report(records, task.type_names, source),
     }
 
 
+def percent(x: float | None) -> str:
+    """A fraction as a percentage for the console, `n/a` when undefined."""
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
 def summary_line(report: Mapping[str, Any]) -> str:
-    """One line for the console: the headline metric and the counts."""
-
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:.2f}%"
-
+    """One line for the console: the headline metrics and the counts of a benchmark or action report."""
     counts = report.get("counts", {})
-    head = f"{report.get('task')}"
     settings = report.get("settings") or {}
+    if report.get("kind") == "action":
+        line = (
+            f"{settings['mode']}: {counts['evaluated']} clips ({counts['unparsed']} unparsed, "
+            f"{counts['skipped']} skipped) accuracy {percent(report['accuracy'])}, "
+            f"balanced {percent(report['balanced_accuracy'])}, macro-F1 {percent(report['macro_f1'])}"
+        )
+        if report.get("fall_sensitivity") is not None or report.get("fall_specificity") is not None:
+            line += (
+                f"; fall sensitivity {percent(report['fall_sensitivity'])}, "
+                f"specificity {percent(report['fall_specificity'])}, F1 {percent(report['fall_f1'])}"
+            )
+        return line
+    head = f"{report.get('task')}"
     if settings.get("strategy"):
         head += f" [{settings['strategy']}]"
     if report.get("kind") == "mcq":
         return (
-            f"{head}: accuracy {pct(report.get('accuracy'))} ({counts.get('correct')}/{counts.get('labelled')}) | "
+            f"{head}: accuracy {percent(report.get('accuracy'))} ({counts.get('correct')}/{counts.get('labelled')}) | "
             f"answered {counts.get('answered')}, unparseable {counts.get('unparseable')}, skipped {counts.get('skipped')}"
         )
     parts = [f"{head}:"]
     judge = report.get("judge")
     if judge:
         parts.append(
-            f"judge accuracy {pct(judge.get('accuracy'))}, mean score "
+            f"judge accuracy {percent(judge.get('accuracy'))}, mean score "
             f"{'n/a' if judge.get('mean_score') is None else format(judge['mean_score'], '.3f')}, "
             f"judge failures {judge.get('failed')} |"
         )
     sm = report.get("string_match") or {}
-    parts.append(f"exact match {pct(sm.get('exact_match'))}, F1 {pct(sm.get('f1'))} |")
+    parts.append(f"exact match {percent(sm.get('exact_match'))}, F1 {percent(sm.get('f1'))} |")
     parts.append(f"total {counts.get('total', sm.get('total'))}, skipped {counts.get('skipped', sm.get('skipped'))}")
     return " ".join(parts)
 
@@ -680,10 +677,10 @@ def summary_line(report: Mapping[str, Any]) -> str:
 def write_report(output_dir: str | os.PathLike, name: str, task: EvalTask | None = None) -> dict[str, Any]:
     """Build and write the report of a merged run; returns it (with `report_file` and `predictions_file`)."""
     path = merged_path(output_dir, name)
-    meta = json.loads(path.with_suffix(".meta.json").read_text(encoding="utf-8"))
+    meta = read_meta(path.with_suffix(".meta.json"))
     task = task or get_task(meta["task"])
     records = read_predictions(path)
-    report = mcq_report(records, task, meta) if task.kind == "mcq" else openended_report(records, task, meta)
+    report = mcq_report(records, task, meta) if task.kind == "mcq" else openended_report(records, task, meta, path)
     report["predictions_file"] = str(path.resolve())
     rpath = report_path(output_dir, name)
     report["report_file"] = str(rpath.resolve())
@@ -727,8 +724,3 @@ def evaluate(model: Any, cfg: EvalConfig, items: Sequence[EvalItem] | None = Non
     else:
         log.info("chunk %d of %d done; merging waits for the other chunks", cfg.chunk_idx, cfg.num_chunks)
     return outcome
-
-
-def config_dict(cfg: EvalConfig) -> dict[str, Any]:
-    """`EvalConfig` as plain JSON types."""
-    return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(cfg).items()}

@@ -10,7 +10,17 @@ from typing import Any
 import lightning as L
 import torch
 
+from merv.data.video import VideoDecodeError
+
 logger = logging.getLogger(__name__)
+
+# Strategies under which no rank holds the full weights (matched by name: DeepSpeed may not be installed).
+SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def is_sharded(strategy: Any) -> bool:
+    """Whether `strategy` (or a strategy it derives from) shards the model's weights across ranks."""
+    return any(cls.__name__ in SHARDED_STRATEGIES for cls in type(strategy).__mro__)
 
 
 class ThroughputMonitor(L.Callback):
@@ -53,7 +63,11 @@ class FusionWeightLogger(L.Callback):
 
 
 class GenerationLogger(L.Callback):
-    """Every `every_n_steps`, answers the first human turn of a few validation records and logs the text.
+    """Every `every_n_steps` optimizer steps, answers the first human turn of a few validation records and logs
+    the text.
+
+    Rank 0 generates alone, which needs a full copy of the weights: under sharded strategies (FSDP, DeepSpeed,
+    model parallel) the callback does nothing.
 
     Args:
         every_n_steps: how often to generate (0 disables).
@@ -65,10 +79,21 @@ class GenerationLogger(L.Callback):
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.max_new_tokens = max_new_tokens
+        self._last_step: int | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Nothing has been learnt yet at the start (or since the checkpoint a resumed run starts from).
+        self._last_step = trainer.global_step
+        if self.every_n_steps and is_sharded(trainer.strategy):
+            logger.info("sharded strategy: sample generations are not logged")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if not self.every_n_steps or step % self.every_n_steps or not trainer.is_global_zero:
+        # With gradient accumulation several batches end at the same global step: generate once per step.
+        if not self.every_n_steps or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step
+        if not trainer.is_global_zero or is_sharded(trainer.strategy):
             return
         records = getattr(trainer.datamodule, "val_records", None) or getattr(trainer.datamodule, "train_records", [])
         records = [r for r in records if r.get("video")][: self.num_samples]
@@ -89,7 +114,9 @@ class GenerationLogger(L.Callback):
                     start=r.get("start"),
                     end=r.get("end"),
                 )
-            except Exception as e:  # a sample generation must never stop training
+            except (OSError, VideoDecodeError, torch.cuda.OutOfMemoryError) as e:
+                # An unreadable video (or a generation that does not fit beside training) costs a sample line,
+                # never the run.
                 text = f"<generation failed: {e}>"
             expected = r["conversations"][1]["value"] if len(r["conversations"]) > 1 else ""
             lines.append(f"**{Path(r['video']).name}** — expected: `{expected}` — generated: `{text}`")
@@ -113,7 +140,7 @@ class ExportPretrained(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         out = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname  # collective: every rank asks
-        if type(trainer.strategy).__name__ in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"):
+        if is_sharded(trainer.strategy):
             logger.info("sharded strategy: export the last checkpoint with scripts/export.py instead")
             return
         if trainer.is_global_zero:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.strategies import FSDPStrategy
 
 from merv.lit.checkpoints import init_weights, merge_adapters_unless_lora
 from merv.models import VideoLM, VideoLMConfig
-from merv.models.vidlm import Stage
+from merv.models.prompting import VIDEO_TOKEN
+from merv.models.vidlm import Stage, VideoLMOutput
+
+logger = logging.getLogger(__name__)
 
 
 class MERVLitModule(L.LightningModule):
@@ -77,20 +82,51 @@ class MERVLitModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         if "input_ids" not in batch:
-            return None  # every video of this batch was unreadable: nothing to learn from
+            stand_in = self._join_other_ranks(batch_idx)
+            return None if stand_in is None else stand_in.loss * 0.0  # trains on nothing
         out = self(batch)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return out.loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "input_ids" not in batch:
+            self._join_other_ranks(batch_idx)
             return
         self.log("val/loss", self(batch).loss, prog_bar=True, sync_dist=True, batch_size=len(batch["input_ids"]))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "input_ids" not in batch:
+            self._join_other_ranks(batch_idx)
             return
         self.log("test/loss", self(batch).loss, sync_dist=True, batch_size=len(batch["input_ids"]))
+
+    def _join_other_ranks(self, batch_idx: int) -> VideoLMOutput | None:
+        """For a batch whose every video was unreadable (the data module counts them): on one process, nothing.
+
+        With several processes the other ranks run a forward (and in training a backward) whose collectives
+        (DDP's gradient all-reduce, FSDP's and ZeRO-3's parameter gathers) this rank must join, or they wait
+        forever: it runs a stand-in sample through the same modules instead, and returns its output.
+        """
+        if self.trainer.world_size == 1:
+            return None
+        logger.warning("rank %d: every video of batch %d was unreadable", self.global_rank, batch_idx)
+        return self(self._stand_in_batch())
+
+    def _stand_in_batch(self) -> dict[str, Any]:
+        """One blank video and a one-word answer, shaped like a real batch: pixels, or aligned features when
+        the data module reads a feature cache (then the other ranks do not run the encoders either)."""
+        model = self.model
+        sample = {
+            "video": torch.zeros(max(model.processor.frame_counts), 32, 32, 3, dtype=torch.uint8),
+            "conversations": [{"from": "human", "value": f"{VIDEO_TOKEN}\n."}, {"from": "gpt", "value": "."}],
+        }
+        batch = model.prepare_batch([sample])
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if getattr(datamodule, "hparams", {}).get("feature_cache"):
+            shape = (1, model.temporal_tokens, self.config.tokens_per_frame)
+            batch["aligned_features"] = [torch.zeros(*shape, enc.embed_dim) for enc in model.encoders]
+            batch["pixel_values"] = None
+        return self.transfer_batch_to_device(batch, self.device, 0)
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -126,9 +162,18 @@ class MERVLitModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            self.log("train/grad_norm", norm)
+        strategy = self.trainer.strategy
+        sharded = isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy.name != "NO_SHARD"
+        if not grads and not sharded:
+            return
+        squares = torch.zeros((), device=self.device)
+        for g in grads:
+            squares += torch.linalg.vector_norm(g.float()).square()
+        if sharded and dist.is_available() and dist.is_initialized():
+            # Each rank holds the gradients of its own shard (some none at all): the norm of the whole
+            # gradient adds up every shard's squares. Every rank must take part, hence no early return above.
+            dist.all_reduce(squares, group=getattr(self.trainer.model, "process_group", None))
+        self.log("train/grad_norm", squares.sqrt())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Frozen weights that came from a named source are reloaded from it, so they need not be stored

@@ -7,10 +7,15 @@ RUN_DIR=${RUN_DIR:-outputs/${SLURM_JOB_NAME}-${SLURM_JOB_ID}}
 PYTHON=${PYTHON:-python}
 mkdir -p "$RUN_DIR"
 
+# Resume from the newest checkpoint of the run: the hpc checkpoint Lightning writes on SIGUSR1 before the
+# time limit (in the run dir), or a `last*.ckpt` ModelCheckpoint wrote later (after a requeue, or before a
+# crash or preemption). Left to itself Lightning would prefer any hpc checkpoint, however old, so the
+# choice is made here, by modification time. FSDP's sharded checkpoints are folders: they count too.
+newest=$(find "$RUN_DIR" \( -name 'hpc_ckpt_*.ckpt' -o -name 'last*.ckpt' \) -prune -printf '%T@ %p\n' \
+  | sort -n | tail -n 1 | cut -d' ' -f2-)
 resume=()
-# A requeued job finds Lightning's hpc checkpoint by itself; after a crash, resume from the last one.
-if ! compgen -G "$RUN_DIR/hpc_ckpt_*.ckpt" >/dev/null && [ -n "$(find "$RUN_DIR" -name 'last*.ckpt' -print -quit)" ]; then
-  resume=(--ckpt_path last)
+if [ -n "$newest" ]; then
+  resume=(--ckpt_path "$newest")
 fi
 
 export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}

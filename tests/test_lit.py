@@ -1,0 +1,137 @@
+"""`MERVLitModule` and the callbacks in isolation: what a rank does with an unreadable batch, the gradient norm
+of sharded gradients, and when sample generations are logged."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
+
+from merv.data.video import VideoDecodeError
+from merv.lit import GenerationLogger, MERVLitModule
+from merv.models import VideoLMConfig
+
+# What `VideoTextDataset.collate` returns when every video of a batch was unreadable.
+EMPTY_BATCH = {"indices": torch.zeros(0, dtype=torch.long), "num_samples": 0, "num_skipped": 2, "skipped_files": []}
+
+
+@pytest.fixture(scope="module")
+def module() -> MERVLitModule:
+    lit = MERVLitModule(VideoLMConfig.tiny(), stage="finetune")
+    lit.configure_model()
+    return lit
+
+
+def fake_trainer(world_size: int = 1, feature_cache: str | None = None, **extra) -> SimpleNamespace:
+    datamodule = SimpleNamespace(hparams={"feature_cache": feature_cache})
+    return SimpleNamespace(world_size=world_size, global_rank=1, datamodule=datamodule, **extra)
+
+
+def test_an_unreadable_batch_is_skipped_on_one_process(module):
+    module._trainer = fake_trainer(world_size=1)
+    assert module.training_step(EMPTY_BATCH, 0) is None
+
+
+@pytest.mark.parametrize("feature_cache", [None, "features/"])
+def test_an_unreadable_batch_still_joins_the_other_ranks_backward(module, monkeypatch, feature_cache):
+    module._trainer = fake_trainer(world_size=2, feature_cache=feature_cache)
+    module.model.zero_grad(set_to_none=True)
+    if feature_cache:  # the other ranks read cached features: this one must not run the encoders either
+        monkeypatch.setattr(module.model, "encode_aligned", lambda px: pytest.fail("encoders ran"))
+    loss = module.training_step(EMPTY_BATCH, 0)
+    assert loss is not None and loss.item() == 0.0
+    loss.backward()
+    trainable = {n: p for n, p in module.model.named_parameters() if p.requires_grad}
+    # Every gradient the other ranks all-reduce exists here too, and adds nothing.
+    assert [n for n, p in trainable.items() if p.grad is None] == []
+    assert all(torch.count_nonzero(p.grad) == 0 for p in trainable.values())
+
+
+def test_grad_norm_adds_up_the_shards_of_every_rank_under_fsdp(module, monkeypatch):
+    trainable = [p for p in module.model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.grad = torch.ones_like(p)
+    local = math.sqrt(sum(p.numel() for p in trainable))
+    logged, groups = {}, []
+
+    def all_reduce(tensor, group=None):  # two ranks whose shards hold equal squares
+        groups.append(group)
+        tensor.mul_(2)
+
+    monkeypatch.setattr(module, "log", lambda key, value, **kw: logged.__setitem__(key, float(value)))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+
+    module._trainer = fake_trainer(strategy=object())  # DDP-like: full gradients on every rank
+    module.on_before_optimizer_step(None)
+    assert logged["train/grad_norm"] == pytest.approx(local) and groups == []
+
+    module._trainer = fake_trainer(strategy=FSDPStrategy(), model=SimpleNamespace(process_group="shard-group"))
+    module.on_before_optimizer_step(None)
+    assert logged["train/grad_norm"] == pytest.approx(local * math.sqrt(2)) and groups == ["shard-group"]
+    for p in trainable:  # a rank whose shard holds no gradient still takes part in the sum
+        p.grad = None
+    module.on_before_optimizer_step(None)
+    assert groups == ["shard-group"] * 2
+
+
+class RecordingModel:
+    """Stands in for `VideoLM` in `GenerationLogger`: records the videos it is asked about."""
+
+    training = True
+
+    def __init__(self) -> None:
+        self.videos: list[str] = []
+
+    def get_prompt_builder(self):
+        return SimpleNamespace(add_turn=lambda role, message: None, get_prompt=lambda: "prompt")
+
+    def generate(self, video, prompt, **kwargs) -> str:
+        self.videos.append(video)
+        if video.endswith("broken.mp4"):
+            raise VideoDecodeError(video, "corrupt")
+        return "a circle"
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+
+def run_generation_logger(steps: list[int], strategy=None, every_n_steps: int = 2) -> RecordingModel:
+    records = [
+        {"video": "ok.mp4", "conversations": [{"from": "human", "value": "?"}, {"from": "gpt", "value": "a"}]},
+        {"video": "broken.mp4", "conversations": [{"from": "human", "value": "?"}]},
+    ]
+    trainer = SimpleNamespace(
+        global_step=steps[0],
+        is_global_zero=True,
+        strategy=strategy or object(),
+        datamodule=SimpleNamespace(val_records=records),
+        logger=None,
+    )
+    module = SimpleNamespace(model=RecordingModel())
+    callback = GenerationLogger(every_n_steps=every_n_steps)
+    callback.on_train_start(trainer, module)
+    for i, step in enumerate(steps):
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, module, None, {}, i)
+    return module.model
+
+
+def test_generation_is_logged_once_per_optimizer_step_with_gradient_accumulation():
+    # Three batches per optimizer step: the global step repeats while gradients accumulate.
+    steps = [0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4]
+    model = run_generation_logger(steps)
+    # Steps 2 and 4, once each; never at step 0, before anything was learnt. The broken video costs a line only.
+    assert model.videos == ["ok.mp4", "broken.mp4"] * 2
+
+
+def test_generation_resumed_at_a_logged_step_waits_for_the_next_one():
+    assert run_generation_logger([4, 4, 4, 5]).videos == []
+
+
+def test_generation_is_skipped_under_sharded_strategies():
+    assert run_generation_logger([0, 1, 2, 3, 4], strategy=FSDPStrategy()).videos == []
