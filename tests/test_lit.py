@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from merv.data.video import VideoDecodeError
 from merv.lit import GenerationLogger, MERVLitModule
@@ -135,3 +135,37 @@ def test_generation_resumed_at_a_logged_step_waits_for_the_next_one():
 
 def test_generation_is_skipped_under_sharded_strategies():
     assert run_generation_logger([0, 1, 2, 3, 4], strategy=FSDPStrategy()).videos == []
+
+
+def _bfloat16_module(stage: str, **trainer) -> MERVLitModule:
+    config = VideoLMConfig.tiny()
+    config.llm.dtype = "bfloat16"
+    lit = MERVLitModule(config, stage=stage)
+    lit._trainer = SimpleNamespace(**trainer)
+    lit.configure_model()
+    return lit
+
+
+@pytest.mark.parametrize("stage", ["finetune", "lora"])
+def test_mixed_precision_trains_float32_weights_of_a_bfloat16_llm(stage):
+    lit = _bfloat16_module(stage, precision="bf16-mixed", strategy=SimpleNamespace())
+    trained = {p.dtype for p in lit.model.parameters() if p.requires_grad}
+    assert trained == {torch.float32}
+    if stage == "lora":  # the frozen base stays in bf16: only what the optimizer updates needs fp32
+        assert {p.dtype for p in lit.model.llm.parameters() if not p.requires_grad} == {torch.bfloat16}
+
+
+def test_fsdp_mixed_precision_stores_the_whole_llm_in_float32():
+    # A LoRA layer's frozen base and its adapters share an FSDP unit, which holds one dtype.
+    lit = _bfloat16_module("lora", precision="bf16-mixed", strategy=FSDPStrategy())
+    assert {p.dtype for p in lit.model.llm.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    "precision, strategy",
+    [("bf16-true", SimpleNamespace()), ("bf16-mixed", DeepSpeedStrategy.__new__(DeepSpeedStrategy))],
+    ids=["bf16-true", "deepspeed"],
+)
+def test_half_precision_weights_stay_where_asked_or_where_deepspeed_keeps_masters(precision, strategy):
+    lit = _bfloat16_module("finetune", precision=precision, strategy=strategy)
+    assert {p.dtype for p in lit.model.llm.parameters()} == {torch.bfloat16}

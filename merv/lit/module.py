@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from merv.lit.checkpoints import init_weights, merge_adapters_unless_lora
 from merv.models import VideoLM, VideoLMConfig
@@ -67,10 +67,35 @@ class MERVLitModule(L.LightningModule):
             init_weights(self.model, self.hparams.init_from)
             merge_adapters_unless_lora(self.model, self.stage)
         self.model.freeze(self.stage)
+        self._store_trained_weights_in_float32()
         if self.hparams.gradient_checkpointing:
             self.model.llm.gradient_checkpointing_enable()
             # With a frozen LLM the checkpointed blocks still need an input that requires grad.
             self.model.llm.enable_input_require_grads()
+
+    def _store_trained_weights_in_float32(self) -> None:
+        """Under mixed precision, keep the weights the optimizer updates in float32.
+
+        Mixed precision computes in bf16/fp16 but must update fp32 weights: an LLM loaded in bf16 (as
+        `merv-full` is, to halve its memory) would have AdamW steps of lr 2e-5 on weights near 1 rounded away,
+        since bf16 resolves only 1/128 there. DeepSpeed keeps fp32 master copies itself. FSDP flattens one
+        dtype per unit and casts to bf16 for compute on its own, so there the whole LLM goes to fp32 (frozen
+        base weights share units with LoRA adapters). "-true" precisions ask for half-precision weights.
+        """
+        trainer = self._trainer
+        if trainer is None or not str(trainer.precision).endswith("-mixed"):
+            return
+        if isinstance(trainer.strategy, DeepSpeedStrategy):
+            return
+        half = [p for p in self.model.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+        if not half:
+            return
+        if isinstance(trainer.strategy, FSDPStrategy):
+            self.model.llm.float()
+        else:
+            for param in half:
+                param.data = param.data.float()
+        logger.info("%s: storing %d trained parameter tensors in float32", trainer.precision, len(half))
 
     @property
     def processor(self):
