@@ -13,14 +13,15 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from merv.cli import MERVCLI
-from merv.data import load_annotations
 from merv.data.cache import DTYPES, BuildStats, build_feature_cache
 from merv.lit import MERVDataModule, MERVLitModule
 from merv.models.encoders import VisionEncoder, build_encoder
+from merv.models.vidlm import CONFIG_NAME, WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,24 @@ def _env_int(*names: str, default: int) -> int:
     return default
 
 
+def encoder_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The `encoders.*` tensors of an `init_from` source, without loading the rest of the model.
+
+    A `save_pretrained` directory is read key by key from its safetensors file (the LLM under `llm/` is
+    never opened); Lightning checkpoints and run directories go through `read_state_dict`.
+    """
+    path = Path(source)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:
+            names = f.keys()  # a safe_open handle lists its tensors only through keys()
+            return {k: f.get_tensor(k) for k in names if k.startswith("encoders.")}
+    from merv.lit.checkpoints import read_state_dict
+
+    return {k: v for k, v in read_state_dict(path).items() if k.startswith("encoders.")}
+
+
 def build_encoders(module: MERVLitModule) -> list[VisionEncoder]:
     """The frozen encoders a training run of `module` would hold.
 
@@ -55,9 +74,7 @@ def build_encoders(module: MERVLitModule) -> list[VisionEncoder]:
     """
     encoders = [build_encoder(e.id, pretrained=e.pretrained, num_frames=e.num_frames) for e in module.config.encoders]
     if module.hparams.init_from:
-        from merv.lit.checkpoints import read_state_dict
-
-        state = read_state_dict(module.hparams.init_from)
+        state = encoder_state(module.hparams.init_from)
         for i, enc in enumerate(encoders):
             prefix = f"encoders.{i}."
             own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -107,10 +124,8 @@ def build(args: argparse.Namespace, overrides: Sequence[str]) -> BuildStats:
         root = os.path.join(os.environ["MERV_CACHE"], "features")
     if root is None:
         raise SystemExit("no cache folder: pass --out, set data.feature_cache in the config, or set $MERV_CACHE")
-    records = []
-    for split in args.splits:
-        for f in getattr(data.hparams, SPLITS[split]) or []:
-            records.extend(load_annotations(f, format=data.hparams.format, video_root=data.hparams.video_root))
+    # The data module's own loader, so the cache covers exactly the records training reads.
+    records = [r for split in args.splits for r in data._load(getattr(data.hparams, SPLITS[split]))]
     if not records:
         raise SystemExit(f"no records in the {'/'.join(args.splits)} annotation files of {', '.join(args.config)}")
 

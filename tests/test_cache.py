@@ -98,7 +98,7 @@ def test_keys_follow_the_model_and_weights_identity():
     assert weights_identity(a) == weights_identity(same) != weights_identity(other)
     assert weights_identity(a).startswith("sha256:")
     a.pretrained = "google/siglip-base-patch16-224"  # named weights are identified by their source
-    assert weights_identity(a) == "pretrained:google/siglip-base-patch16-224"
+    assert weights_identity(a).startswith("pretrained:google/siglip-base-patch16-224")
 
     base = EncoderKey.of(same, temporal_tokens=4, tokens_per_frame=4)
     assert base.shape == (4, 4, 32)
@@ -113,6 +113,47 @@ def test_keys_follow_the_model_and_weights_identity():
     torch.manual_seed(0)
     video_model = build_encoder("vivit-tiny", num_frames=8)  # T' = 4: the alignment T defaults to the smallest T'
     assert [k.temporal_tokens for k in encoder_keys([same, video_model], None, 4)] == [4, 4]
+
+
+def test_weights_identity_of_pretrained_sources_follows_the_files(tmp_path, monkeypatch):
+    """A re-exported local checkpoint or a new hub snapshot gets a new identity (stale entries, not reuse)."""
+    from huggingface_hub import constants
+
+    encoder = build_encoder("siglip-tiny", num_frames=4)
+    weights = tmp_path / "export"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"x" * 10)
+    (weights / "README.md").write_text("notes")
+    encoder.pretrained = str(weights)
+    first = weights_identity(encoder)
+    assert first.startswith(f"pretrained:{weights}@local:")
+    (weights / "README.md").write_text("other notes")  # not weights: same identity
+    assert weights_identity(encoder) == first
+    (weights / "model.safetensors").write_bytes(b"y" * 11)  # re-exported weights
+    assert weights_identity(encoder) != first
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    encoder.pretrained = "org/vision-model"
+    assert weights_identity(encoder) == "pretrained:org/vision-model"  # not cached: the name alone
+    ref = tmp_path / "hub" / "models--org--vision-model" / "refs" / "main"
+    ref.parent.mkdir(parents=True)
+    ref.write_text("0123abcd\n")
+    assert weights_identity(encoder) == "pretrained:org/vision-model@0123abcd"
+
+
+def test_frame_folder_identity_follows_its_frames(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(folder / f"{i:05d}.png")
+    before = VideoIdentity.of(folder)
+    frame = folder / "00001.png"
+    Image.new("RGB", (4, 4), (255, 255, 255)).save(frame)
+    st = frame.stat()
+    os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert VideoIdentity.of(folder).mismatch(before.metadata()) is not None  # the folder's own mtime did not move
 
 
 # ---- hits, misses, staleness -----------------------------------------------------------------------
@@ -141,7 +182,8 @@ def test_build_hit_miss_and_stale_detection(records, model, tmp_path):
     st = os.stat(video)
     os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     touched = cache.lookup(VideoIdentity.of(video))
-    assert touched.status == "stale" and "mtime_ns" in touched.reason and touched.missing_encoders == [0, 1]
+    assert touched.status == "stale" and "mtime_ns" in touched.reason
+    assert "siglip-tiny: the video changed" in touched.reason and "vivit-tiny: the video changed" in touched.reason
     shutil.copyfile(records[5]["video"], records[1]["video"])
     assert cache.lookup(VideoIdentity.of(records[1]["video"])).status == "stale"
 
@@ -219,6 +261,53 @@ def test_samples_with_several_videos(records, model, tmp_path):
     batch = ds.collate([item, ds[1]])
     assert [tuple(a.shape) for a in batch["aligned_features"]] == [(3, 4, 4, 32)] * 2
     assert torch.isfinite(loss(model, batch))
+
+
+def test_several_videos_missing_from_the_cache_are_encoded_live(records, model, tmp_path):
+    """A multi-video sample without entries is decoded (every clip) and encoded live, matching live training."""
+    two = {
+        "id": "pair",
+        "video": [records[0]["video"], {"video": records[1]["video"], "start": 0.0, "end": 1.0}],
+        "conversations": [
+            {"from": "human", "value": "<video>\nThis is a red square. <video>\nWhat is this?"},
+            {"from": "gpt", "value": "a blue circle"},
+        ],
+    }
+    recs = [two, records[2]]
+    root = tmp_path / "cache"
+    build(recs[1:], model, root)  # only the single-video sample is cached
+    ds = CachedFeatureDataset(recs, model.processor, FeatureCache.for_model(root, model))
+    item = ds[0]
+    assert item["cached_features"] is None
+    assert [tuple(p.shape) for p in item["pixel_values"]] == [(2, 4, 3, 32, 32), (2, 8, 3, 32, 32)]
+    batch = ds.collate([item, ds[1]])
+    assert batch["cache_miss"].tolist() == [True, True, False]
+    live = VideoTextDataset(recs, model.processor)
+    live_loss = loss(model, live.collate([live[0], live[1]]))
+    torch.testing.assert_close(loss(model, fill_missing_features(batch, model)), live_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_build_encoders_reads_only_encoder_tensors_of_a_saved_model(model, tmp_path, monkeypatch):
+    """`init_from` a `save_pretrained` directory: the encoders come from its safetensors file, the LLM stays shut."""
+    from types import SimpleNamespace
+
+    from merv import cache as cache_cli
+    from merv.lit import checkpoints
+
+    saved = tmp_path / "saved"
+    model.save_pretrained(saved)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the whole model was loaded")
+
+    monkeypatch.setattr(VideoLM, "from_pretrained", refuse)
+    monkeypatch.setattr(checkpoints, "read_state_dict", refuse)
+    module = SimpleNamespace(config=model.config, hparams=SimpleNamespace(init_from=str(saved)))
+    torch.manual_seed(123)  # other random weights than the saved model's, so loading is visible
+    encoders = cache_cli.build_encoders(module)
+    for built, saved_encoder in zip(encoders, model.encoders):
+        assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), saved_encoder.state_dict().values()))
+    assert all(k.startswith("encoders.") for k in cache_cli.encoder_state(saved))
 
 
 def test_on_miss_error_names_the_record(records, model, tmp_path):

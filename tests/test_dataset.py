@@ -146,3 +146,33 @@ def test_skip_counter_threshold_waits_for_min_samples():
     assert (counter.seen, counter.skipped, counter.fraction) == (0, 0, 0.0)
     with pytest.raises(ValueError, match="max_skip_fraction"):
         SkipCounter(max_skip_fraction=1.5)
+
+
+def test_samples_with_several_videos_decode_every_clip(processor, records, caplog):
+    """A list `video` (one clip per `<video>` tag) gives `(V, T_e, 3, S, S)` pixels; one bad clip skips the sample."""
+    ordered, _ = records
+    good_a, good_b = ordered[0]["video"], ordered[2]["video"]
+    prompt = "<video>\nThis one is red. <video>\nAnd this one?"
+    conversation = [{"from": "human", "value": prompt}, {"from": "gpt", "value": "blue"}]
+    pair = {"id": "pair", "video": [good_a, {"video": good_b, "start": 0.0, "end": 0.5}], "conversations": conversation}
+    broken = {**pair, "id": "broken", "video": [good_a, ordered[1]["video"]], "record_origin": "train.json: record 9"}
+    dataset = VideoTextDataset([pair, broken, ordered[0]], processor)
+    item = dataset[0]
+    assert [tuple(p.shape) for p in item["pixel_values"]] == [(2, 4, 3, 32, 32), (2, 8, 3, 16, 16)]
+    assert int(item["video_mask"].sum()) == 2 * NUM_VISUAL_TOKENS
+    second = processor.pixels(processor.load_frames(good_b, 0.0, 0.5))
+    assert all(torch.equal(p[1], q) for p, q in zip(item["pixel_values"], second))
+    with caplog.at_level(logging.WARNING, logger="merv.data.dataset"):
+        marker = dataset[1]
+    assert isinstance(marker, SkippedSample) and marker.path.endswith("missing.mp4")
+    assert "sample 1 (broken) from train.json: record 9, clip 2 of 2" in caplog.text
+    batch = dataset.collate([item, dataset[2]])
+    assert [tuple(p.shape) for p in batch["pixel_values"]] == [(3, 4, 3, 32, 32), (3, 8, 3, 16, 16)]
+
+
+def test_a_shared_skip_counter_replaces_the_own_one(processor, records):
+    ordered, _ = records
+    shared = SkipCounter(max_skip_fraction=0.5, min_samples=1)
+    dataset = VideoTextDataset(ordered, processor, skip_counter=shared)
+    assert dataset.skip_counter is shared
+    assert VideoTextDataset(ordered, processor, min_samples=7).skip_counter.min_samples == 7

@@ -47,7 +47,7 @@ LLAVA = [
     },
     {
         "id": "v_end",
-        "video": "v_end.pkl",
+        "video": "v_end.mp4",
         "conversations": [
             {"from": "human", "value": "Describe the scene in detail.\n<video>"},
             {"from": "gpt", "value": "A man walks a dog."},
@@ -82,6 +82,8 @@ def test_llava_conversations(tmp_path, layout):
     assert records == load_annotations(path, format="video-llava")
     start, end, image, text, roles = records
     assert start["id"] == "5" and start["source"] == "VATEX"
+    where = "line 1" if layout != "array" else "record 0"
+    assert start["record_origin"] == f"{path}: {where}"  # for messages about the sample
     assert start["video"] == str(tmp_path / "ann" / "tune" / "v_abc.mp4")
     assert start["conversations"][0] == {"from": "human", "value": "<video>\nWhat is the man repairing?"}
     assert [t["from"] for t in start["conversations"]] == ["human", "gpt", "human", "gpt"]
@@ -212,10 +214,32 @@ def test_omnifall_labels_and_split_file(tmp_path):
     assert first["conversations"][1] == {"from": "gpt", "value": "standing"}
     assert ", ".join(OMNIFALL_CLASSES) in first["conversations"][0]["value"]
     assert len({r["id"] for r in records}) == 4
-    default_root = load_annotations(labels)[3]["video"]
-    assert default_root == str(tmp_path / "labels" / "video" / "adl" / "HopS1.mp4")
     split = _write(tmp_path / "splits" / "cs" / "test.csv", "path\nadl/HopS1\n")
     assert [r["path"] for r in load_annotations(labels, split_file=split)] == ["adl/HopS1"]
+
+
+def test_omnifall_default_video_roots_follow_the_hub_layout(tmp_path):
+    """Label CSVs under `labels/`: videos in `ROOT/<dataset>/video` (WanFall: `ROOT/video`); a CSV elsewhere
+    keeps its videos in `video/` beside it (the synthetic layout)."""
+    labels = _write(tmp_path / "omnifall" / "labels" / "mixed.csv", OMNIFALL_CSV)
+    videos = [r["video"] for r in load_annotations(labels)]
+    assert videos[0] == str(tmp_path / "omnifall" / "GMDCSA24" / "video" / "Subject_3" / "Fall" / "07.mp4")
+    assert videos[3] == str(tmp_path / "omnifall" / "le2i" / "video" / "adl" / "HopS1.mp4")
+    wanfall = _write(tmp_path / "wanfall" / "labels" / "wanfall.csv", "path,label,start,end,subject,cam,dataset\n"
+                     "fall/fall_el_1,1,1.8,3.1,-1,-1,wanfall\n")  # fmt: skip
+    (tmp_path / "wanfall" / "video").mkdir()
+    assert load_annotations(wanfall)[0]["video"] == str(tmp_path / "wanfall" / "video" / "fall" / "fall_el_1.mp4")
+    beside = _write(tmp_path / "fall" / "labels.csv", OMNIFALL_CSV)
+    assert load_annotations(beside)[3]["video"] == str(tmp_path / "fall" / "video" / "adl" / "HopS1.mp4")
+
+
+def test_byte_order_marks_are_not_part_of_the_first_column(tmp_path):
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + OMNIFALL_CSV.encode())
+    assert [r["label"] for r in load_annotations(csv_path)] == ["standing", "fall", "fallen", "walk"]
+    json_path = tmp_path / "train.json"
+    json_path.write_bytes(b"\xef\xbb\xbf" + json.dumps([LLAVA[0]]).encode())
+    assert load_annotations(json_path)[0]["id"] == "5"
 
 
 # ---- malformed input -------------------------------------------------------------------------------
@@ -406,3 +430,118 @@ def test_annotation_error_pickles_and_formats_whole_file_errors(tmp_path):
         == "a.json: folder holds no .json files"
     )
     assert str(AnnotationError("a.json", None, "q_uid", "bad")) == "a.json: field 'q_uid': bad"
+
+
+# ---- media: several files, frame folders, what is not a video ----------------------------------------
+
+
+def test_video_llava_video_with_images_and_image_lists_become_clip_lists(tmp_path, caplog):
+    """Every media file keeps its place: the list follows the placeholders, which all become `<video>`."""
+    both = {
+        "id": "both",
+        "video": "v.mp4",
+        "image": ["a.jpg", "b.png"],
+        "conversations": [
+            {"from": "human", "value": "<video>\n<image>\n<image>\nWhich image shows the video's scene?"},
+            {"from": "gpt", "value": "The second."},
+        ],
+    }
+    images_first = {
+        "image": ["x.jpg", "y.jpg"],
+        "conversations": [
+            {"from": "human", "value": "<image>\nAnd this one?"},
+            {"from": "gpt", "value": "A cat."},
+            {"from": "human", "value": "<image>\nAnd this one?"},
+            {"from": "gpt", "value": "A dog."},
+        ],
+    }
+    path = _dump(tmp_path / "mixed.json", [both, images_first, LLAVA[0]])
+    with caplog.at_level("WARNING", logger="merv.data.formats"):
+        first, second, single = load_annotations(path)
+    assert first["video"] == [str(tmp_path / name) for name in ("v.mp4", "a.jpg", "b.png")] and "image" not in first
+    assert first["conversations"][0]["value"] == "<video>\n<video>\n<video>\nWhich image shows the video's scene?"
+    assert second["video"] == [str(tmp_path / "x.jpg"), str(tmp_path / "y.jpg")]
+    assert [t["value"].count("<video>") for t in second["conversations"]] == [1, 0, 1, 0]
+    assert isinstance(single["video"], str)
+    assert "2 record(s) hold several media files" in caplog.text  # nothing changes shape silently
+    reordered = [{"from": "human", "value": "<image>\n<video>\n<image>\nSame?"}, both["conversations"][1]]
+    order = {**both, "conversations": reordered}
+    video = load_annotations(_dump(tmp_path / "order.json", [order]))[0]["video"]
+    assert [os.path.basename(v) for v in video] == ["a.jpg", "v.mp4", "b.png"]
+    untagged = {**both, "conversations": [{"from": "human", "value": "<video>\nWhat?"}, both["conversations"][1]]}
+    message = _error(_dump(tmp_path / "untagged.json", [untagged]))
+    assert "record 0" in message and "'conversations'" in message and "1 <video> and 0 <image> placeholders" in message
+    answer_tag = [*images_first["conversations"][:3], {"from": "gpt", "value": "<image>"}]
+    message = _error(_dump(tmp_path / "g.json", [{**images_first, "conversations": answer_tag}]))
+    assert "'conversations[3].value': media placeholder in a gpt turn" in message
+
+
+def test_media_that_is_not_a_video_image_or_frame_folder_fails_at_load(tmp_path, caplog):
+    frames = tmp_path / "frames" / "clip7"
+    frames.mkdir(parents=True)
+    ok = [
+        {**LLAVA[0], "video": "frames/clip7"},  # a frame folder needs no suffix
+        {**LLAVA[0], "video": "clip.MKV"},
+    ]
+    assert [r["video"] for r in load_annotations(_dump(tmp_path / "ok.json", ok))] == [
+        str(frames),
+        str(tmp_path / "clip.MKV"),
+    ]
+    for value, field, reason in [
+        ("v_abc.pkl", "video", "feature file, not a video"),  # Video-ChatGPT's converted training file
+        ("notes.txt", "video", "unknown suffix '.txt'"),
+        ("videos/v_abc", "video", "no file suffix and is not a folder of extracted frames"),
+        (["a.mp4", " "], "video[1]", "empty media path"),
+        (7, "video", "expected a file path string, got int"),
+    ]:
+        path = _dump(tmp_path / "bad.json", [LLAVA[0], {**LLAVA[0], "video": value}])
+        message = _error(path)
+        assert f"record 1, field '{field}'" in message and reason in message, message
+    meta = _jsonl(tmp_path / "metadata.jsonl", [{"video": "a.mp4"}, {"video": "", "caption": "x"}])
+    assert "line 2, field 'video': empty media path" in _error(meta, format="metadata")
+    qa = _dump(tmp_path / "qa.json", [{"video": "feats/1.npy", "QA": [{"q": "?", "a": "!"}]}])
+    assert "record 0, field 'video'" in _error(qa)
+    # An empty path in a conversation file reads as a text-only record, with a count in the log.
+    blank = {**LLAVA[3], "image": ""}
+    with caplog.at_level("WARNING", logger="merv.data.formats"):
+        (record,) = load_annotations(_dump(tmp_path / "blank.json", [blank]))
+    assert record["video"] is None and "1 record(s) have an empty 'image'" in caplog.text
+
+
+def test_videochat2_instruction_opens_the_first_question(tmp_path):
+    record = {
+        "video": "clip.mp4",
+        "QA": [
+            {"i": "Answer with one word.", "q": "What falls?", "a": "Rain."},
+            {"i": "Answer with one word.", "q": "Where?", "a": "Outside."},
+        ],
+    }
+    (loaded,) = load_annotations(_dump(tmp_path / "videochat2.json", [record]))
+    assert [t["value"] for t in loaded["conversations"] if t["from"] == "human"] == [
+        "<video>\nAnswer with one word.\nWhat falls?",
+        "Where?",
+    ]
+
+
+def test_folder_per_class_reads_frame_folders_as_one_clip(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "actions"
+    for i in range(3):
+        frame = root / "Fall Down" / "clip01" / f"{i + 1:05d}.jpg"
+        frame.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(frame)
+    _write(root / "Fall Down" / "clip02.mp4", "x")
+    (root / "Walking").mkdir()
+    Image.new("RGB", (4, 4)).save(root / "Walking" / "still.png")
+    records = load_annotations(root)
+    assert [(r["id"], r["label"]) for r in records] == [
+        ("Fall Down/clip01", "fall_down"),
+        ("Fall Down/clip02", "fall_down"),
+        ("Walking/still", "walking"),  # an image right in a class folder is a sample of its own
+    ]
+    assert records[0]["video"] == str(root / "Fall Down" / "clip01")
+    _write(root / "Walking" / "clip03" / "a.mp4", "x")
+    Image.new("RGB", (4, 4)).save(root / "Walking" / "clip03" / "00001.jpg")
+    with pytest.raises(AnnotationError, match=r"clip03: holds 1 video file\(s\) and 1 image\(s\)"):
+        load_annotations(root)

@@ -169,6 +169,37 @@ def test_gif_decodes_as_video(tmp_path):
     assert frames.float().mean((1, 2, 3)).diff().gt(0).all()  # later frames are brighter
 
 
+def test_frame_folders_read_as_videos(tmp_path):
+    """A folder of extracted frames is one video at FRAME_FOLDER_FPS, in number order, read only where sampled."""
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i, frame in enumerate(_coded_frames(30, 8)):  # 10 s at 3 fps; names are not zero-padded
+        Image.fromarray(frame).save(folder / f"frame_{i}.png")
+    (folder / "notes.txt").write_text("not a frame")
+    assert video_mod.FRAME_FOLDER_FPS == 3.0
+    four, eight = read_frames(folder, [4, 8])
+    assert _indices_of(four) == sample_indices(30, 4) and _indices_of(eight) == sample_indices(30, 8)
+    (segment,) = read_frames(folder, [4], start=2.0, end=4.0)  # frames 6..11
+    assert _indices_of(segment) == [6 + i for i in sample_indices(6, 4)]
+    opened = []
+    real_open = Image.open
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+        read_frames(folder, [2])
+    assert len(opened) == 2
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VideoDecodeError, match="directory holds no frame images"):
+        read_frames(empty, [4])
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(folder / "frame_30.png")  # another size
+    with pytest.raises(VideoDecodeError, match="differ in size"):
+        read_frames(folder, [31])
+    (folder / "frame_31.png").write_bytes(b"not a png")
+    with pytest.raises(VideoDecodeError, match="cannot read frame 'frame_31.png'"):
+        read_frames(folder, [32], end=100.0)
+
+
 # ---- failures -------------------------------------------------------------------------------------
 
 

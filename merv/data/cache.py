@@ -28,7 +28,7 @@ import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
@@ -37,8 +37,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
-from merv.data.dataset import Processor, SkippedSample, VideoTextDataset
-from merv.data.video import VideoDecodeError, read_frames
+from merv.data.dataset import Clip, Processor, SkippedSample, VideoTextDataset, describe_sample, record_clips
+from merv.data.video import VideoDecodeError, frame_folder_images, read_frames
 
 if TYPE_CHECKING:
     from merv.models.encoders.base import FrameSpec, VisionEncoder
@@ -92,7 +92,11 @@ def _clip_bound(value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class VideoIdentity:
-    """Which bytes a cache entry was computed from: resolved path, size, modification time and clip bounds."""
+    """Which bytes a cache entry was computed from: resolved path, size, modification time and clip bounds.
+
+    For a folder of extracted frames, size and modification time are the total size and the latest
+    modification time of its frame images, so replacing any frame makes its entries stale.
+    """
 
     path: str
     size: int
@@ -109,6 +113,12 @@ class VideoIdentity:
         """
         path = os.path.realpath(os.fspath(video))
         st = os.stat(path)
+        if os.path.isdir(path):
+            # A folder's own mtime only changes when entries are added or removed, not when a frame is rewritten.
+            stats = [f.stat() for f in frame_folder_images(path)]
+            size = sum(f.st_size for f in stats)
+            mtime_ns = max([st.st_mtime_ns, *(f.st_mtime_ns for f in stats)])
+            return cls(path, size, mtime_ns, _clip_bound(start), _clip_bound(end))
         return cls(path, st.st_size, st.st_mtime_ns, _clip_bound(start), _clip_bound(end))
 
     @property
@@ -142,14 +152,53 @@ class VideoIdentity:
         return None
 
 
-def weights_identity(encoder: VisionEncoder) -> str:
-    """`pretrained:<source>` for named weights, else a SHA-256 over the encoder's state dict.
+# Files whose change means other weights in a local pretrained directory (a re-export rewrites them).
+_WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".h5", ".msgpack"})
 
-    Random-init encoders have no name, so their content is hashed: features built by one run are only
-    reused by a run whose encoder holds exactly the same values (same seed and init, same dtype).
+
+def _local_weights_fingerprint(path: Path) -> str:
+    """Digest of the names, sizes and modification times of a local checkpoint's weight and config files."""
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(
+            p for p in path.iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
+        )
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return _digest(stats)
+
+
+def _hub_commit(repo_id: str) -> str | None:
+    """The commit the local Hugging Face cache resolves `repo_id` (default revision) to; None if not cached."""
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "refs" / "main"
+        return ref.read_text().strip() or None
+    except Exception:  # noqa: BLE001 - no hub library, an odd id, no cache entry: fall back to the name alone
+        return None
+
+
+def weights_identity(encoder: VisionEncoder) -> str:
+    """Names the weights an encoder holds, so features computed with other weights are never reused.
+
+    * Named pretrained weights from a local directory (or file): `pretrained:<source>@local:<digest>`, the
+      digest over the weight and config files' names, sizes and modification times, so a re-exported
+      checkpoint at the same path makes old entries stale.
+    * A hub id: `pretrained:<source>@<commit>` with the snapshot the local Hugging Face cache resolves it to
+      (read offline from `refs/main`), else `pretrained:<source>`.
+    * Random init: a SHA-256 over the state dict. Random-init encoders have no name, so their content is
+      hashed: features built by one run are only reused by a run whose encoder holds exactly the same
+      values (same seed and init, same dtype).
     """
     if encoder.pretrained is not None:
-        return f"pretrained:{encoder.pretrained}"
+        source = str(encoder.pretrained)
+        local = Path(source).expanduser()
+        if local.exists():
+            return f"pretrained:{source}@local:{_local_weights_fingerprint(local)}"
+        commit = _hub_commit(source)
+        return f"pretrained:{source}@{commit}" if commit else f"pretrained:{source}"
     h = hashlib.sha256()
     for name, tensor in sorted(encoder.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
@@ -276,14 +325,15 @@ class CacheLookup:
     """Outcome of looking a clip up for every encoder.
 
     `status` is `hit` (every encoder has a valid entry; `features` holds one `(T, tokens_per_frame, D)`
-    tensor per encoder), `missing` (some entry does not exist) or `stale` (some entry was built from
-    other bytes). `missing_encoders` lists the encoder indices that need building.
+    tensor per encoder), `missing` (some entry does not exist) or `stale` (no entry is missing but some
+    was built from other bytes or another key); `reason` names each failing encoder and why. Training
+    encodes a clip that is not a hit with every encoder (`fill_missing_features`); `build_feature_cache`
+    is what runs only the encoders whose entries are invalid.
     """
 
     status: Literal["hit", "missing", "stale"]
     features: list[torch.Tensor] | None = None
     reason: str = ""
-    missing_encoders: list[int] = field(default_factory=list)
 
 
 class FeatureCache:
@@ -370,7 +420,7 @@ class FeatureCache:
             CorruptCacheEntryError: an entry exists but is unreadable, has the wrong shape or checksum.
         """
         features: list[torch.Tensor] = []
-        missing, stale, reasons = [], [], []
+        statuses, reasons = set(), []
         for i in range(len(self.keys)):
             status, feats, reason = self.check(i, video)
             if status == "corrupt":
@@ -378,10 +428,10 @@ class FeatureCache:
             if status == "hit":
                 features.append(feats)
                 continue
-            (missing if status == "missing" else stale).append(i)
+            statuses.add(status)
             reasons.append(reason)
-        if missing or stale:
-            return CacheLookup("missing" if missing else "stale", None, "; ".join(reasons), sorted(missing + stale))
+        if statuses:
+            return CacheLookup("missing" if "missing" in statuses else "stale", None, "; ".join(reasons))
         return CacheLookup("hit", features)
 
     def write(self, index: int, video: VideoIdentity, features: torch.Tensor) -> Path:
@@ -409,13 +459,16 @@ class BuildStats:
     videos: int = 0
     hits: int = 0
     missing: int = 0
+    """Misses with at least one encoder's entry absent."""
     stale: int = 0
+    """The other misses: every entry exists, but one was built from other bytes, key or dtype, or is corrupt."""
     built: int = 0
     """Clips whose entries were written."""
     failed: int = 0
-    """Clips whose video could not be decoded (nothing written)."""
+    """Clips whose video does not exist or could not be decoded (nothing written)."""
     corrupt: int = 0
-    """Entries found unreadable; they are rebuilt (and counted in `stale` too)."""
+    """Misses with at least one unreadable entry (rebuilt); each is also counted in `missing` when another of
+    its entries is absent, else in `stale`."""
     entries_written: int = 0
     rank: int = 0
     world_size: int = 1
@@ -465,27 +518,6 @@ class _PixelJobs(Dataset):
 
 def _collate_jobs(items):
     return items
-
-
-Clip = tuple[str, float | None, float | None]
-
-
-def record_clips(record: Mapping[str, Any]) -> list[Clip]:
-    """The `(path, start, end)` clips of a record's `video` field, as the processor reads it.
-
-    `video` is None (no clip), one path (bounds from the record's `start`/`end`), or a list for several
-    `<video>` tags, whose entries are paths (the record's bounds) or `{"video", "start", "end"}` dicts.
-    """
-    video = record.get("video")
-    if video is None:
-        return []
-    clips = []
-    for v in video if isinstance(video, (list, tuple)) else [video]:
-        if isinstance(v, Mapping):
-            clips.append((os.fspath(v["video"]), v.get("start"), v.get("end")))
-        else:
-            clips.append((os.fspath(v), record.get("start"), record.get("end")))
-    return clips
 
 
 def dedupe_clips(records: Sequence[Mapping[str, Any]]) -> list[Clip]:
@@ -620,9 +652,10 @@ class CachedFeatureDataset(VideoTextDataset):
 
     * hit (every clip has valid entries): the item carries `cached_features`, one `(V, T, tokens_per_frame,
       D_e)` tensor per encoder for its V videos, and no pixels; nothing is decoded.
-    * missing or stale entry: with `on_miss="encode"` the sample is decoded as usual and carries
-      `pixel_values`; `fill_missing_features` later runs the model's frozen encoders on those videos (live
-      encoding). With `on_miss="error"` a `FeatureCacheMissError` names the record and the reason.
+    * missing or stale entry (for any clip or encoder): with `on_miss="encode"` the sample is decoded as
+      usual, all its clips, and carries `pixel_values`; `fill_missing_features` later runs every frozen
+      encoder of the model on those videos (live encoding). With `on_miss="error"` a `FeatureCacheMissError`
+      names the record and the reason.
     * corrupt entry: skipped like an unreadable video (a warning, counted in `num_skipped`).
     * a video file that no longer exists: skipped like an unreadable video.
 
@@ -672,33 +705,31 @@ class CachedFeatureDataset(VideoTextDataset):
         clips = record_clips(record)
         if not clips:
             return super().__getitem__(index)
-        name = record.get("id", "?")
+        sample = describe_sample(index, record)
         per_video = []
         for path, start, end in clips:
             try:
                 ident = VideoIdentity.of(path, start, end)
             except FileNotFoundError:
-                logger.warning("skipping sample %d (%s): video '%s' does not exist", index, name, path)
+                logger.warning("skipping %s: video '%s' does not exist", sample, path)
                 return SkippedSample(index, path, "the file does not exist")
             try:
                 found = self.cache.lookup(ident)
             except CorruptCacheEntryError as e:
-                logger.warning("skipping sample %d (%s): %s", index, name, e)
+                logger.warning("skipping %s: %s", sample, e)
                 return SkippedSample(index, e.path, e.reason)
             if found.status != "hit":
-                return self._miss(index, name, path, found)
+                return self._miss(index, sample, path, found)
             per_video.append(found.features)
-        try:
-            item = dict(self.processor.encode(record["conversations"], has_video=len(clips)))
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"sample {index} ({name}): cannot encode the conversation: {e}") from e
+        item = self._encode(index, record)
         item["pixel_values"] = None
         item["cached_features"] = [torch.stack(f) for f in zip(*per_video)]  # (V, T, tokens_per_frame, D_e)
         item["index"] = index
         return item
 
-    def _miss(self, index: int, name: str, path: str, found: CacheLookup) -> dict[str, Any] | SkippedSample:
-        message = f"sample {index} ({name}), video '{path}': feature cache {found.status}: {found.reason}"
+    def _miss(self, index: int, sample: str, path: str, found: CacheLookup) -> dict[str, Any] | SkippedSample:
+        """Decode the whole sample (every clip, for every encoder) or fail, as `on_miss` says."""
+        message = f"{sample}, video '{path}': feature cache {found.status}: {found.reason}"
         if self.on_miss == "error":
             raise FeatureCacheMissError(message + " (on_miss='error'; rebuild with `python -m merv.cache build`)")
         self._miss_warnings += 1

@@ -3,12 +3,14 @@
 A sample whose video cannot be decoded becomes a `SkippedSample` marker; `VideoTextDataset.collate`
 drops the markers and records how many it dropped in the batch (`num_skipped`), so the counts survive
 the trip from worker processes. A `SkipCounter` in the main process adds them up and fails the run
-when too many samples are skipped.
+when too many samples are skipped: `MERVDataModule` feeds its own counter, plain PyTorch loops iterate
+with `track_skips`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +22,35 @@ from merv.data.video import VideoDecodeError, read_frames
 
 logger = logging.getLogger(__name__)
 
+Clip = tuple[str, float | None, float | None]
+
+
+def record_clips(record: Mapping[str, Any]) -> list[Clip]:
+    """The `(path, start, end)` clips of a record's `video` field, in `<video>` tag order.
+
+    `video` is None (no clip), one path, or a list of clips for several `<video>` tags. A path takes the
+    record's `start`/`end`; a list entry is a path (the record's bounds) or a `{"video", "start", "end"}`
+    dict whose bounds are its own (absent bounds mean the whole video, never the record's). This is how
+    `VideoLMProcessor.videos_pixels` reads the field. Paths come back as written, not resolved.
+    """
+    video = record.get("video")
+    if video is None:
+        return []
+    clips = []
+    for v in video if isinstance(video, (list, tuple)) else [video]:
+        if isinstance(v, Mapping):
+            clips.append((os.fspath(v["video"]), v.get("start"), v.get("end")))
+        else:
+            clips.append((os.fspath(v), record.get("start"), record.get("end")))
+    return clips
+
+
+def describe_sample(index: int, record: Mapping[str, Any]) -> str:
+    """`sample 3 (id) from <annotation file>: record 7` for logs and errors (the origin when the record has one)."""
+    text = f"sample {index} ({record.get('id', '?')})"
+    origin = record.get("record_origin")
+    return f"{text} from {origin}" if origin else text
+
 
 class Processor(Protocol):
     """What the dataset needs from a processor (`merv.models.processor.VideoLMProcessor` provides it)."""
@@ -29,7 +60,9 @@ class Processor(Protocol):
 
     def pixels(self, frames_per_encoder: list[torch.Tensor]) -> list[torch.Tensor]: ...
 
-    def encode(self, conversations: Sequence[dict[str, str]], has_video: bool) -> dict[str, torch.Tensor]: ...
+    def num_videos(self, video: Any) -> int: ...
+
+    def encode(self, conversations: Sequence[dict[str, str]], has_video: bool | int) -> dict[str, torch.Tensor]: ...
 
     def collate(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]: ...
 
@@ -108,7 +141,11 @@ class SkipCounter:
 
 
 def track_skips(batches: Iterable[Mapping[str, Any]], counter: SkipCounter) -> Iterator[Mapping[str, Any]]:
-    """Feed every batch to `counter` and yield only the batches that still hold samples."""
+    """Feed every batch to `counter` and yield only the batches that still hold samples.
+
+    The plain-PyTorch counterpart of what `MERVDataModule` does per batch:
+    `for batch in track_skips(loader, dataset.skip_counter): ...`.
+    """
     for batch in batches:
         counter.update(batch)
         if batch.get("num_samples", 0):
@@ -118,17 +155,27 @@ def track_skips(batches: Iterable[Mapping[str, Any]], counter: SkipCounter) -> I
 class VideoTextDataset(Dataset):
     """Records (from `load_annotations`) -> processor items; text-only records mix with video records.
 
-    Videos are decoded in `__getitem__`, i.e. in DataLoader workers, once per sample at every encoder's
-    frame count, and reach tensors only through the processor. Use `collate` as the DataLoader's
-    `collate_fn` and feed the batches to `skip_counter` (or iterate with `track_skips`).
+    Videos are decoded in `__getitem__`, i.e. in DataLoader workers, once per clip at every encoder's
+    frame count, and reach tensors only through the processor. A record's `video` may be one clip or a
+    list of clips, one per `<video>` tag (see `record_clips`); the item then holds `(V, T_e, 3, S, S)`
+    pixels per encoder, as `VideoLMProcessor.videos_pixels` builds them. If any clip cannot be decoded
+    the whole sample is skipped.
+
+    The dataset only marks skipped samples; they are counted in the main process, where the batches
+    arrive: feed each collated batch to `skip_counter.update` (or iterate with `track_skips`). Nothing
+    else feeds the counter, and copies of the dataset in DataLoader workers never do.
 
     Args:
-        records: dicts with `conversations`, optional `video` (path or None) and optional `start`/`end` seconds.
-        processor: provides `frame_counts`, `pixels`, `encode` and `collate`.
-        max_skip_fraction: largest tolerated fraction of samples with unreadable videos.
-        min_samples: samples to see before the skip fraction is checked.
+        records: dicts with `conversations`, optional `video` (a path, a list of clips, or None) and
+            optional `start`/`end` seconds.
+        processor: provides `frame_counts`, `pixels`, `num_videos`, `encode` and `collate`.
+        max_skip_fraction: largest tolerated fraction of samples with unreadable videos (configures the
+            counter built here when `skip_counter` is None).
+        min_samples: samples to see before that fraction is checked (likewise).
         backend: video backend for `read_frames` (None: decord, falling back to PyAV).
         decode_timeout: seconds before a decode counts as hung and the sample is skipped.
+        skip_counter: a counter to share, e.g. one a data module keeps across the datasets it builds; None
+            builds one from `max_skip_fraction` and `min_samples`.
     """
 
     def __init__(
@@ -140,41 +187,59 @@ class VideoTextDataset(Dataset):
         min_samples: int = 100,
         backend: str | None = None,
         decode_timeout: float | None = 60.0,
+        skip_counter: SkipCounter | None = None,
     ) -> None:
         self.records = list(records)
         self.processor = processor
         self.backend = backend
         self.decode_timeout = decode_timeout
-        self.skip_counter = SkipCounter(max_skip_fraction, min_samples)
+        self.skip_counter = skip_counter if skip_counter is not None else SkipCounter(max_skip_fraction, min_samples)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         record = self.records[index]
-        video = record.get("video")
-        pixels = None
-        if video is not None:
+        pixels = self._pixels(index, record)
+        if isinstance(pixels, SkippedSample):
+            return pixels
+        item = self._encode(index, record)
+        item["pixel_values"] = pixels
+        item["index"] = index
+        return item
+
+    def _pixels(self, index: int, record: Mapping[str, Any]) -> list[torch.Tensor] | SkippedSample | None:
+        """Per-encoder pixels of the record's clips (None without video), or the marker of the clip that failed."""
+        clips = record_clips(record)
+        if not clips:
+            return None
+        per_clip = []
+        for path, start, end in clips:
             try:
                 frames = read_frames(
-                    video,
+                    path,
                     self.processor.frame_counts,
-                    start=record.get("start"),
-                    end=record.get("end"),
+                    start=start,
+                    end=end,
                     backend=self.backend,
                     timeout=self.decode_timeout,
                 )
             except VideoDecodeError as e:
-                logger.warning("skipping sample %d (%s): %s", index, record.get("id", "?"), e)
+                which = f", clip {len(per_clip) + 1} of {len(clips)}" if len(clips) > 1 else ""
+                logger.warning("skipping %s%s: %s", describe_sample(index, record), which, e)
                 return SkippedSample(index, e.path, e.reason)
-            pixels = self.processor.pixels(frames)
+            per_clip.append(self.processor.pixels(frames))
+        if not isinstance(record.get("video"), (list, tuple)):
+            return per_clip[0]  # (T_e, 3, S, S) per encoder
+        return [torch.stack(px) for px in zip(*per_clip)]  # (V, T_e, 3, S, S) per encoder
+
+    def _encode(self, index: int, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Token ids, labels and video mask; a conversation that cannot be encoded is an error naming the sample."""
+        num_videos = self.processor.num_videos(record.get("video"))
         try:
-            item = dict(self.processor.encode(record["conversations"], has_video=video is not None))
+            return dict(self.processor.encode(record["conversations"], has_video=num_videos))
         except (KeyError, ValueError) as e:
-            raise ValueError(f"sample {index} ({record.get('id', '?')}): cannot encode the conversation: {e}") from e
-        item["pixel_values"] = pixels
-        item["index"] = index
-        return item
+            raise ValueError(f"{describe_sample(index, record)}: cannot encode the conversation: {e}") from e
 
     def collate(self, items: Sequence[dict[str, Any] | SkippedSample]) -> dict[str, Any]:
         """Drop skipped samples, collate the rest with the processor and add the skip counts.
@@ -192,4 +257,13 @@ class VideoTextDataset(Dataset):
         return batch
 
 
-__all__ = ["SkipCounter", "SkipRateError", "SkippedSample", "VideoTextDataset", "track_skips"]
+__all__ = [
+    "Clip",
+    "SkipCounter",
+    "SkipRateError",
+    "SkippedSample",
+    "VideoTextDataset",
+    "describe_sample",
+    "record_clips",
+    "track_skips",
+]

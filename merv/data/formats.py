@@ -2,9 +2,12 @@
 checked file and field access that every annotation reader (these and the benchmark readers of `merv.eval`)
 builds on.
 
-A record is `{"id": str, "video": str | None, "conversations": [{"from": "human"|"gpt", "value": str}, ...],
-**extra_fields}` with the media placeholder written `<video>` in the first human turn. Classification
-datasets add `label` and `label_id`.
+A record is `{"id": str, "video": str | list[str] | None, "conversations": [{"from": "human"|"gpt", "value":
+str}, ...], "record_origin": str, **extra_fields}` with every media placeholder written `<video>`. `video` is
+a video file, an image (a one-frame video) or a folder of extracted frames; a record with several media files
+(Video-LLaVA's video plus images, LLaVA image lists) holds them as a list, in the order of their
+placeholders. `record_origin` names the annotation file and the record (`train.json: record 3`) for
+messages about the sample. Classification datasets add `label` and `label_id`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +104,8 @@ class RecordLocation:
 
 def _parse_json(path: Path) -> tuple[Any, list[int] | None]:
     """The JSON document, or for JSON Lines the list of values and the line number of each."""
-    text = path.read_text(encoding="utf-8")
+    # utf-8-sig: a byte-order mark (Windows editors, Excel exports) is not part of the first key.
+    text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() != ".jsonl":
         try:
             return json.loads(text), None
@@ -132,13 +137,13 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def _csv_header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         return [h.strip() for h in next(csv.reader(f), [])]
 
 
 def _csv_rows(path: Path, columns: Iterable[str] = ()) -> list[tuple[RecordLocation, dict[str, str]]]:
     """Rows of a CSV file with a header line (`line n`); names and values stripped, `columns` required."""
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
@@ -314,9 +319,11 @@ class _Context:
     video_root: Path
     options: dict[str, Any] = field(default_factory=dict)
     rows: list[tuple[RecordLocation, dict[str, Any]]] | None = None
+    notes: Counter[str] = field(default_factory=Counter)
+    """What was read differently from the file's face value, counted; logged once per file."""
 
-    def resolve(self, media: str) -> str:
-        return str(self.video_root / media) if not os.path.isabs(media) else media
+    def resolve(self, media: str, root: Path | None = None) -> str:
+        return str((root or self.video_root) / media) if not os.path.isabs(media) else media
 
 
 def _record_id(ctx: _Context, at: RecordLocation, record: dict, index: int) -> str:
@@ -328,26 +335,70 @@ def _record_id(ctx: _Context, at: RecordLocation, record: dict, index: int) -> s
     return str(value)
 
 
-def _media(ctx: _Context, at: RecordLocation, record: dict) -> str | None:
-    """The record's video (or image, a one-frame video) resolved against the video root; None if text-only."""
-    found = [key for key in ("video", "image") if record.get(key) not in (None, "", [])]
-    if len(found) > 1:
-        at.fail("image", "records with both a video and an image are not supported")
-    if not found:
-        return None
-    key = found[0]
-    value = record[key]
-    if isinstance(value, list):
-        if len(value) != 1:
-            at.fail(key, f"expected one file, got a list of {len(value)}")
-        value = value[0]
+MEDIA_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
+"""File suffixes a media path may have; a path without one of them must be a folder of extracted frames."""
+
+_FEATURE_SUFFIXES = frozenset({".pkl", ".pickle", ".npy", ".npz", ".pt", ".pth", ".h5", ".hdf5"})
+
+
+def _media_path(ctx: _Context, at: RecordLocation, field: str, value: Any) -> str:
+    """One media path, resolved against the video root: a video or image file, or a frame folder.
+
+    Checked here, at load, so that a file of feature pickles or blank paths fails before training starts
+    rather than as a skip storm. Only paths without a media suffix touch the filesystem (to find frame
+    folders); a missing video file is left to the dataset, which skips it.
+    """
     if not isinstance(value, str):
-        at.fail(key, f"expected a file path string, got {type(value).__name__}")
-    return ctx.resolve(value)
+        at.fail(field, f"expected a file path string, got {type(value).__name__}")
+    if not value.strip():
+        at.fail(field, "empty media path")
+    path = ctx.resolve(value)
+    suffix = Path(value).suffix.lower()
+    if suffix in MEDIA_SUFFIXES or os.path.isdir(path):
+        return path
+    if suffix in _FEATURE_SUFFIXES:
+        reason = (
+            f"{value!r} is a feature file, not a video ({suffix}; e.g. Video-ChatGPT's pre-extracted CLIP "
+            "features): point the record at the video itself"
+        )
+    elif suffix:
+        reason = f"{value!r} is not a video, image or frame folder (unknown suffix {suffix!r})"
+    else:
+        reason = f"{value!r} has no file suffix and is not a folder of extracted frames"
+    at.fail(field, reason)
 
 
-def _conversations(at: RecordLocation, turns: list[Any], has_media: bool) -> list[dict[str, str]]:
-    """Validate turns, normalise role names and the placeholder (`<image>` -> `<video>`, first human turn)."""
+def _media(ctx: _Context, at: RecordLocation, record: dict) -> tuple[list[str], list[str]]:
+    """The record's videos and images (each a string or a list), checked and resolved.
+
+    An empty string reads as absent (a text-only record), counted in the file's notes.
+    """
+    found: dict[str, list[str]] = {}
+    for key in ("video", "image"):
+        value = record.get(key)
+        if value == "":
+            ctx.notes[f"have an empty {key!r} and were read without it"] += 1
+            value = None
+        if value is None:
+            found[key] = []
+        elif isinstance(value, list):
+            found[key] = [_media_path(ctx, at, f"{key}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            found[key] = [_media_path(ctx, at, key, value)]
+    return found["video"], found["image"]
+
+
+def _conversations(
+    ctx: _Context, at: RecordLocation, turns: list[Any], videos: list[str], images: list[str]
+) -> tuple[list[dict[str, str]], str | list[str] | None]:
+    """Validate turns, normalise role names and placeholders (all become `<video>`); returns the turns and the
+    record's `video` field.
+
+    One media file: at most one placeholder, in the first human turn (prepended when there is none);
+    `<image>` or `<video>` both mark it (LLaVA-NeXT writes `<image>` for videos). Several (Video-LLaVA's
+    video plus images, LLaVA image lists): every file needs its own placeholder of its kind in a human turn;
+    `video` is then the list of files in placeholder order, each a clip of its own.
+    """
     if not turns:
         at.fail("conversations", "no turns")
     out = []
@@ -362,19 +413,41 @@ def _conversations(at: RecordLocation, turns: list[Any], has_media: bool) -> lis
     first_human = next((i for i, t in enumerate(out) if t["from"] == "human"), None)
     if first_human is None:
         at.fail("conversations", "no human turn")
+    total = len(videos) + len(images)
+    tags: list[str] = []
     for i, turn in enumerate(out):
-        tags = len(_PLACEHOLDER.findall(turn["value"]))
-        if tags and not has_media:
+        found = _PLACEHOLDER.findall(turn["value"])
+        if not found:
+            continue
+        if not total:
             at.fail(f"conversations[{i}].value", "has a media placeholder but the record has no video or image")
-        if tags and i != first_human:
+        if total == 1 and i != first_human:
             at.fail(f"conversations[{i}].value", "media placeholder outside the first human turn")
-        if tags > 1:
-            at.fail(f"conversations[{i}].value", f"{tags} media placeholders; one video per record")
-    if has_media:
+        if total == 1 and len(found) > 1:
+            at.fail(f"conversations[{i}].value", f"{len(found)} media placeholders for one media file")
+        if turn["from"] != "human":
+            at.fail(f"conversations[{i}].value", "media placeholder in a gpt turn")
+        tags += found
+    if not total:
+        return out, None
+    if total == 1:
         value = out[first_human]["value"]
-        value = _PLACEHOLDER.sub(VIDEO_TOKEN, value) if _PLACEHOLDER.search(value) else f"{VIDEO_TOKEN}\n{value}"
+        value = _PLACEHOLDER.sub(VIDEO_TOKEN, value) if tags else f"{VIDEO_TOKEN}\n{value}"
         out[first_human]["value"] = value
-    return out
+        return out, (videos or images)[0]
+    counts = (tags.count("<video>"), tags.count("<image>"))
+    if counts != (len(videos), len(images)):
+        at.fail(
+            "conversations",
+            f"{counts[0]} <video> and {counts[1]} <image> placeholders for {len(videos)} video(s) and "
+            f"{len(images)} image(s): with several media files each needs its own placeholder",
+        )
+    queues = {"<video>": iter(videos), "<image>": iter(images)}
+    ordered = [next(queues[tag]) for tag in tags]
+    for turn in out:
+        turn["value"] = _PLACEHOLDER.sub(VIDEO_TOKEN, turn["value"])
+    ctx.notes["hold several media files, read as one clip per placeholder"] += 1
+    return out, ordered
 
 
 def _segment(at: RecordLocation, record: dict) -> None:
@@ -401,16 +474,21 @@ def normalize_label(name: str) -> str:
 
 def _convert_conversation(ctx: _Context, at: RecordLocation, record: dict, index: int) -> dict:
     """LLaVA / Video-LLaVA / Video-ChatGPT / LLaVA-Video: `conversations` plus optional `video`/`image`."""
-    video = _media(ctx, at, record)
-    conversations = _conversations(at, get_field(at, record, "conversations", "list"), video is not None)
+    videos, images = _media(ctx, at, record)
+    turns = get_field(at, record, "conversations", "list")
+    conversations, video = _conversations(ctx, at, turns, videos, images)
     _segment(at, record)
     extra = {k: v for k, v in record.items() if k not in ("id", "video", "image", "conversations")}
     return {"id": _record_id(ctx, at, record, index), "video": video, "conversations": conversations, **extra}
 
 
 def _convert_qa(ctx: _Context, at: RecordLocation, record: dict, index: int) -> dict:
-    """Video-LLaMA / VideoChat: `video` (or `image`) with `QA: [{q, a, i?}]`; an empty `q` uses the instruction."""
-    video = _media(ctx, at, record)
+    """Video-LLaMA / VideoChat: `video` (or `image`) with `QA: [{q, a, i?}]`.
+
+    VideoChat2's task instruction (`QA[0].i`, its system text) opens the first human turn, before the
+    question; caption data leaves `q` empty, and the instruction alone is the request.
+    """
+    videos, images = _media(ctx, at, record)
     qa = get_field(at, record, "QA", "list")
     if not qa:
         at.fail("QA", "no question-answer pairs")
@@ -421,14 +499,17 @@ def _convert_qa(ctx: _Context, at: RecordLocation, record: dict, index: int) -> 
         question = get_field(at, pair, "q", "str", name=f"QA[{i}].q")
         answer = get_field(at, pair, "a", "str", name=f"QA[{i}].a")
         instruction = get_field(at, pair, "i", "str", required=False, name=f"QA[{i}].i")
-        # Caption data leaves `q` empty and puts the request in the instruction.
-        turns.append({"from": "human", "value": question or instruction or "Describe the video."})
+        if i == 0 and instruction and question:
+            request = f"{instruction}\n{question}"
+        else:
+            request = question or instruction or "Describe the video."
+        turns.append({"from": "human", "value": request})
         turns.append({"from": "gpt", "value": answer})
     _segment(at, record)
     extra = {k: v for k, v in record.items() if k not in ("id", "video", "image", "QA")}
     if qa[0].get("i"):
         extra.setdefault("instruction", qa[0]["i"])
-    conversations = _conversations(at, turns, video is not None)
+    conversations, video = _conversations(ctx, at, turns, videos, images)
     return {"id": _record_id(ctx, at, record, index), "video": video, "conversations": conversations, **extra}
 
 
@@ -442,13 +523,32 @@ def structured_caption_prompt(keys: Iterable[str]) -> str:
 
 def _convert_metadata(ctx: _Context, at: RecordLocation, record: dict, index: int) -> dict:
     """`metadata.jsonl` structured captions: the answer is the one-line JSON of every field but `video`."""
-    video = ctx.resolve(get_field(at, record, "video", "str"))
+    video = _media_path(ctx, at, "video", get_field(at, record, "video", "str"))
     fields = {k: v for k, v in record.items() if k != "video"}
     conversations = [
         {"from": "human", "value": f"{VIDEO_TOKEN}\n{structured_caption_prompt(fields)}"},
         {"from": "gpt", "value": json.dumps(fields, ensure_ascii=False)},
     ]
     return {**fields, "id": f"{ctx.path.stem}-{index}", "video": video, "conversations": conversations}
+
+
+def _omnifall_root(ctx: _Context, dataset: str) -> Path:
+    """Folder a label row's `{path}.mp4` lives in.
+
+    An explicit `video_root` serves every row. Label CSVs in a `labels/` folder follow the Hugging Face
+    layout, whose videos sit per source dataset in `ROOT/<dataset>/video` (FORMATS §5a), or, for WanFall's
+    single source, in `ROOT/video`; any other CSV keeps its videos in `video/` beside it.
+    """
+    if ctx.options.get("video_root_given") or ctx.path.parent.name != "labels":
+        return ctx.video_root
+    roots = ctx.options.setdefault("omnifall_roots", {})
+    if dataset not in roots:
+        base = ctx.path.parent.parent
+        per_dataset = base / dataset / "video"
+        shared = base / "video"
+        use_shared = not dataset or (not per_dataset.is_dir() and shared.is_dir())
+        roots[dataset] = shared if use_shared else per_dataset
+    return roots[dataset]
 
 
 def _convert_omnifall(ctx: _Context, at: RecordLocation, row: dict, index: int) -> dict:
@@ -476,7 +576,7 @@ def _convert_omnifall(ctx: _Context, at: RecordLocation, row: dict, index: int) 
     extra = {k: v for k, v in row.items() if k not in OMNIFALL_COLUMNS}
     return {
         "id": f"{path}@{start:g}-{end:g}",
-        "video": ctx.resolve(f"{path}.mp4"),
+        "video": ctx.resolve(f"{path}.mp4", _omnifall_root(ctx, row["dataset"])),
         "conversations": _classification_conversation(label, OMNIFALL_CLASSES),
         "label": label,
         "label_id": label_id,
@@ -502,7 +602,12 @@ def _read_each(
         rows = ctx.rows
         if rows is None:
             rows = _json_rows(ctx.path) if csv_columns is None else _csv_rows(ctx.path, csv_columns)
-        return [convert(ctx, at, row, index) for index, (at, row) in enumerate(rows)]
+        records = []
+        for index, (at, row) in enumerate(rows):
+            record = convert(ctx, at, row, index)
+            record["record_origin"] = f"{at.path}: {at.where}"
+            records.append(record)
+        return records
 
     return read
 
@@ -521,8 +626,43 @@ def _read_omnifall(ctx: _Context) -> list[dict]:
     return selected
 
 
+def _class_clips(class_dir: Path) -> list[Path]:
+    """The clips of one class folder: video and image files at any depth, and every sub-folder holding
+    images as one clip (a folder of extracted frames, `Class/clip01/00001.jpg ...`).
+
+    Images directly in the class folder are samples of their own (ImageFolder style).
+
+    Raises:
+        AnnotationError: a sub-folder holds both video files and images, so it is unclear whether the
+            images are the frames of one clip or samples of their own.
+    """
+    clips = []
+    for folder, subfolders, names in os.walk(class_dir):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        here = Path(folder)
+        files = sorted(here / n for n in names if not n.startswith("."))
+        videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
+        images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+        if here == class_dir or not images:
+            clips += videos + images
+            continue
+        if videos:
+            raise AnnotationError(
+                here,
+                None,
+                None,
+                f"holds {len(videos)} video file(s) and {len(images)} image(s): a folder of extracted frames "
+                "must hold only its frames; move the videos or the images elsewhere",
+            )
+        clips.append(here)
+    return sorted(clips)
+
+
 def _read_folder(ctx: _Context) -> list[dict]:
-    """Folder-per-class: `root/[train|val|test/]<Class Name>/<clip>`; classes = sorted normalised dir names."""
+    """Folder-per-class: `root/[train|val|test/]<Class Name>/<clip>`; classes = sorted normalised dir names.
+
+    A clip is a video file, an image, or a sub-folder of extracted frames (see `_class_clips`).
+    """
     root = ctx.path
 
     def subdirs(folder: Path) -> list[Path]:
@@ -534,17 +674,18 @@ def _read_folder(ctx: _Context) -> list[dict]:
     classes = sorted({normalize_label(d.name) for _, d in class_dirs})
     if not classes:
         raise AnnotationError(root, "directory", "class folders", "no class sub-folders found")
-    media_suffixes = VIDEO_SUFFIXES | IMAGE_SUFFIXES
     records = []
     for split, class_dir in class_dirs:
         label = normalize_label(class_dir.name)
-        for file in sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in media_suffixes):
+        for clip in _class_clips(class_dir):
+            relative = clip.relative_to(root)
             record = {
-                "id": file.relative_to(root).with_suffix("").as_posix(),
-                "video": str(file),
+                "id": (relative if clip.is_dir() else relative.with_suffix("")).as_posix(),
+                "video": str(clip),
                 "conversations": _classification_conversation(label, classes),
                 "label": label,
                 "label_id": classes.index(label),
+                "record_origin": f"{root}: {relative.as_posix()}",
             }
             if split is not None:
                 record["split"] = split
@@ -571,6 +712,8 @@ FORMATS: dict[str, _Format] = {
     "qa": _Format(_read_each(_convert_qa), "json", _beside, ("video-llama", "videochat")),
     "metadata": _Format(_read_each(_convert_metadata), "json", _beside, ("metadata-jsonl", "structured")),
     "folder": _Format(_read_folder, "dir", lambda p: p, ("folder-per-class",)),
+    # The layout of `merv.data.synthetic` (and a label CSV kept beside its videos); see `_omnifall_root`
+    # for the Hugging Face layout with label CSVs under `labels/`.
     "omnifall": _Format(_read_omnifall, "csv", lambda p: p.parent / "video", ("wanfall",)),
 }
 """Reader table: format name -> reader, input kind, default video root (from the annotation path), aliases."""
@@ -622,15 +765,20 @@ def load_annotations(
         path: the annotation file, or the dataset root for `folder`.
         format: a format name or alias; None to sniff.
         video_root: folder that relative media paths are resolved against. Defaults per format: the
-            annotation file's folder (`llava`, `qa`, `metadata`), `<folder>/video` (`omnifall`).
+            annotation file's folder (`llava`, `qa`, `metadata`); for `omnifall`, with the label CSV in a
+            `labels/` folder (the Hugging Face layout) `ROOT/<dataset column>/video` beside `labels/`
+            (`ROOT/video` when that folder does not exist but `ROOT/video` does, as in WanFall), else
+            `video/` beside the CSV. An explicit `video_root` serves every OmniFall row.
         split_file: OmniFall split CSV (a `path` column); keeps only the segments of those videos.
 
     Returns:
-        Records `{"id", "video", "conversations", ...extra fields}`; classification records also carry
-        `label` (class name) and `label_id`.
+        Records `{"id", "video", "conversations", "record_origin", ...extra fields}`; classification records
+        also carry `label` (class name) and `label_id`.
 
     Raises:
-        AnnotationError: the file is malformed; the message names the file, the record and the field.
+        AnnotationError: the file is malformed; the message names the file, the record and the field. Media
+            that is not a video, image or frame folder (e.g. Video-ChatGPT's `.pkl` feature files) is
+            malformed too.
         FileNotFoundError: the path does not exist.
     """
     path = Path(path)
@@ -654,8 +802,13 @@ def load_annotations(
     if spec.source != "dir" and path.is_dir():
         raise ValueError(f"format {name!r} reads a file, got the directory {path}")
     root = Path(video_root) if video_root is not None else spec.default_root(path)
-    options = {"split_file": split_file} if split_file is not None else {}
-    records = spec.reader(_Context(path, root, options, rows))
+    options: dict[str, Any] = {"video_root_given": video_root is not None}
+    if split_file is not None:
+        options["split_file"] = split_file
+    ctx = _Context(path, root, options, rows)
+    records = spec.reader(ctx)
+    for note, count in sorted(ctx.notes.items()):
+        logger.warning("%s: %d record(s) %s", path, count, note)
     if not records:
         logger.warning("%s: no records", path)
     logger.info("%s: %d %s records", path, len(records), name)
@@ -664,6 +817,7 @@ def load_annotations(
 
 __all__ = [
     "FORMATS",
+    "MEDIA_SUFFIXES",
     "OMNIFALL_CLASSES",
     "VIDEO_TOKEN",
     "AnnotationError",

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from merv.data.formats import OMNIFALL_CLASSES
+
 logger = logging.getLogger(__name__)
 
 SIZE = 64
@@ -42,7 +44,6 @@ SHAPE_SIZE = 22  # about a third of the frame side: a strong, global signal
 _TRAVEL = (14.0, 50.0)  # shape centre moves between these coordinates, staying inside the frame
 
 ACTIONS = ("walk", "fall", "sit_down", "standing", "lying")
-OMNIFALL_IDS = {"walk": 0, "fall": 1, "fallen": 2, "sit_down": 3, "lying": 6, "standing": 8}
 FLOOR_Y = 54
 PERSON_WIDTH, PERSON_HEIGHT, HEAD_RADIUS = 8, 30, 4
 BED_COLOUR = (150, 60, 170)
@@ -343,7 +344,7 @@ def _actions(out: Path, num_videos: int, rng: np.random.Generator) -> dict[str, 
         frames, segments = render_action_video(action, rng)
         write_video(fall / "video" / f"{path}.mp4", frames)
         for label, first, stop in segments:
-            rows.append([path, OMNIFALL_IDS[label], first / FPS, stop / FPS, k % 4 + 1, 0, "synthetic"])
+            rows.append([path, OMNIFALL_CLASSES.index(label), first / FPS, stop / FPS, k % 4 + 1, 0, "synthetic"])
         splits[_SPLIT_PATTERN[(k + ACTIONS.index(action)) % len(_SPLIT_PATTERN)]].append(path)
         if (i + 1) % 16 == 0 or i + 1 == num_videos:
             logger.info("actions: %d/%d videos", i + 1, num_videos)

@@ -1,7 +1,8 @@
 """Video decoding and frame sampling: one decode per sample serves every encoder's frame count.
 
 Frames are sampled at segment midpoints over the frames the decoder really produces; several frame
-counts share one decode of the union of their indices. Every failure surfaces as `VideoDecodeError`.
+counts share one decode of the union of their indices. A video is a file, a still image, or a folder of
+extracted frames (one image per frame). Every failure surfaces as `VideoDecodeError`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +26,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".gif"})
 """Suffixes the annotation readers treat as videos (decoding only singles out images and GIFs)."""
+
+FRAME_FOLDER_FPS = 3.0
+"""Frame rate assumed for a folder of extracted frames, to place `start`/`end` seconds on its images (the
+frame folders benchmarks ship, TVQA's and MVBench's episodic reasoning, hold 3 fps frames)."""
 
 BACKENDS = ("decord", "pyav", "torchcodec")
 
@@ -234,6 +240,57 @@ class _TorchCodecReader:
         del self._decoder
 
 
+def _natural_key(name: str) -> list[str | int]:
+    # `frame_2.jpg` before `frame_10.jpg`: frame numbers are not always zero-padded.
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def frame_folder_images(path: str | os.PathLike) -> list[Path]:
+    """The frame images of a folder of extracted frames, in frame order (names compared number-aware).
+
+    Hidden files are ignored; an empty list means the folder is not a frame folder.
+    """
+    folder = Path(path)
+    files = [
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    ]
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+class _FrameFolderReader:
+    """A folder of extracted frames, one image per frame at `FRAME_FOLDER_FPS`; only wanted images are read."""
+
+    def __init__(self, path: str) -> None:
+        self.files = frame_folder_images(path)
+        if not self.files:
+            raise _DecodeFailure(
+                f"the directory holds no frame images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                "a video must be a file or a folder of extracted frames"
+            )
+        self.num_frames = len(self.files)
+
+    def timestamps(self) -> np.ndarray:
+        return np.arange(self.num_frames, dtype=np.float64) / FRAME_FOLDER_FPS
+
+    def decode(self, indices: Sequence[int]) -> np.ndarray:
+        from PIL import Image
+
+        arrays = []
+        for i in indices:
+            try:
+                with Image.open(self.files[i]) as image:
+                    arrays.append(np.asarray(image.convert("RGB")))
+            except Exception as e:  # noqa: BLE001 - a damaged frame makes the clip unreadable, not the run
+                raise _DecodeFailure(f"cannot read frame '{self.files[i].name}' ({type(e).__name__}: {e})") from e
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise _DecodeFailure(f"the frame images differ in size: {sorted(shapes)}")
+        return np.stack(arrays)
+
+    def close(self) -> None:
+        pass
+
+
 _READERS: dict[str, Callable[[str], Any]] = {
     "decord": _DecordReader,
     "pyav": _PyAVReader,
@@ -250,10 +307,10 @@ def backend_available(name: str) -> bool:
 
 
 def _decode_with(
-    backend: str, path: str, frame_counts: Sequence[int], start: float | None, end: float | None
+    open_reader: Callable[[str], Any], path: str, frame_counts: Sequence[int], start: float | None, end: float | None
 ) -> list[torch.Tensor]:
-    """Open with one backend, plan the union of indices, decode it once and split it per count."""
-    reader = _READERS[backend](path)
+    """Open with one reader, plan the union of indices, decode it once and split it per count."""
+    reader = open_reader(path)
     try:
         num_frames = reader.num_frames
         for _ in range(2):
@@ -292,6 +349,13 @@ def _read_image(path: str, frame_counts: Sequence[int]) -> list[torch.Tensor]:
 def _decode(
     path: str, frame_counts: Sequence[int], start: float | None, end: float | None, backend: str | None
 ) -> list[torch.Tensor]:
+    if os.path.isdir(path):
+        try:
+            return _decode_with(_FrameFolderReader, path, frame_counts, start, end)
+        except _DecodeFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - an unreadable folder must become a skip, not a crash
+            raise _DecodeFailure(f"{type(e).__name__}: {str(e).strip()[:300]}") from e
     suffix = Path(path).suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         try:
@@ -306,7 +370,7 @@ def _decode(
     reasons = []
     for name in order:
         try:
-            return _decode_with(name, path, frame_counts, start, end)
+            return _decode_with(_READERS[name], path, frame_counts, start, end)
         except _DecodeFailure as e:
             reasons.append(f"{name}: {e}" if len(order) > 1 else str(e))
         except Exception as e:  # noqa: BLE001 - any library error on a bad file must become a skip, not a crash
@@ -358,14 +422,16 @@ def read_frames(
 
     The sorted union of every count's indices is decoded in one pass; each count then takes its own
     subset, so the result is pixel-equal to decoding each count alone. Still images (jpg, png, ...)
-    load as a static video; GIFs decode as videos.
+    load as a static video; GIFs decode as videos. A directory is a folder of extracted frames: its images
+    (`frame_folder_images`) are the frames, `FRAME_FOLDER_FPS` apart, and only the sampled ones are read.
 
     Args:
-        path: video or image file.
+        path: video file, image file or folder of extracted frames.
         frame_counts: frames wanted per consumer, e.g. one count per encoder.
         start: segment start in seconds (relative to the first frame); sampling stays inside the segment.
         end: segment end in seconds.
         backend: `"decord"`, `"pyav"` or `"torchcodec"`; None tries decord, then PyAV if decord fails.
+            Images and frame folders are read with PIL whatever the backend.
         timeout: seconds before a decode counts as hung (None: no bound). See `_run_bounded` for
             what happens to a hung decoder thread.
 
@@ -374,7 +440,8 @@ def read_frames(
 
     Raises:
         VideoDecodeError: the file is missing, empty, corrupt, has no video stream or no frames, cannot
-            be decoded, the segment holds no frame, or decoding timed out.
+            be decoded, the segment holds no frame, decoding timed out, or a directory holds no frame
+            images (or unreadable or differently sized ones).
         ValueError: bad arguments (unknown backend, counts below 1, segment end before its start).
     """
     path = os.fspath(path)
@@ -390,9 +457,7 @@ def read_frames(
         raise ImportError(f"video backend {backend!r} is not installed: pip install {package}")
     if not os.path.exists(path):
         raise VideoDecodeError(path, "the file does not exist")
-    if os.path.isdir(path):
-        raise VideoDecodeError(path, "the path is a directory, not a video file")
-    if os.path.getsize(path) == 0:
+    if not os.path.isdir(path) and os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "the file is empty (0 bytes)")
 
     def work() -> list[torch.Tensor]:
@@ -406,10 +471,12 @@ def read_frames(
 
 __all__ = [
     "BACKENDS",
+    "FRAME_FOLDER_FPS",
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
     "VideoDecodeError",
     "backend_available",
+    "frame_folder_images",
     "gather_frames",
     "read_frames",
     "sample_indices",
