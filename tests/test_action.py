@@ -536,6 +536,26 @@ def test_eval_script_runs_a_saved_model(tiny_model, omnifall, tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+def test_few_shot_script_decodes_each_clip_once(tiny_model, omnifall, tmp_path, monkeypatch):
+    import merv.models.processor as processor_module
+    from merv.eval.action import eval_main
+
+    decoded, read = [], processor_module.read_frames
+    monkeypatch.setattr(
+        processor_module, "read_frames", lambda path, *a, **kw: decoded.append(path) or read(path, *a, **kw)
+    )
+    tiny_model.save_pretrained(tmp_path / "model")
+    report = eval_main(
+        ["--model_path", str(tmp_path / "model"), "--labels", str(omnifall), "--split_file",
+         str(omnifall.parent / "splits" / "test.csv"), "--mode", "few-shot", "--k", "2", "--classes", "walk,fall,fallen",
+         "--max_new_tokens", "2", "--output_dir", str(tmp_path / "out"), "--device", "cpu"]
+    )  # fmt: skip
+    queries, pool = report["counts"]["evaluated"], report["settings"]["exemplar_pool_size"]
+    assert queries == 3 and pool == 2
+    # Every prompt holds 2 exemplars and the query (9 clips); exemplars repeat, and are decoded once.
+    assert len(decoded) <= queries + pool < queries * 3
+
+
 def test_eval_script_takes_a_training_run_and_names_its_default_output_dir_after_it(
     tiny_model, omnifall, tmp_path, monkeypatch
 ):

@@ -1,6 +1,8 @@
 """Feature cache (keys, hits, misses, staleness, corruption, training from it), the build command, and the
 video tensor and LRU caches."""
 
+import copy
+import dataclasses
 import json
 import logging
 import os
@@ -12,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from merv.data import load_annotations
@@ -22,6 +25,7 @@ from merv.data.cache import (
     FeatureCache,
     FeatureCacheMissError,
     LRUCache,
+    PixelMemory,
     VideoIdentity,
     VideoTensorCache,
     build_feature_cache,
@@ -31,6 +35,7 @@ from merv.data.cache import (
 )
 from merv.data.dataset import SkippedSample, VideoTextDataset
 from merv.data.synthetic import generate
+from merv.data.video import VideoDecodeError
 from merv.models import VideoLM, VideoLMConfig
 from merv.models.encoders import build_encoder
 
@@ -472,39 +477,107 @@ def test_fit_from_cache_matches_live_fit(data_dir, tmp_path, monkeypatch):
 # ---- pixels and exemplars --------------------------------------------------------------------------
 
 
-def test_video_tensor_cache_round_trip(records, model, tmp_path):
-    video = records[0]["video"]
-    specs = model.processor.frame_specs
-    read_only = VideoTensorCache(tmp_path, specs, "synthetic-captions")
-    with pytest.raises(PermissionError, match="read-only"):
-        read_only.put(video, None, None, model.preprocess(video))
-    assert read_only.preprocess(model.processor, video) is not None and read_only.misses == 1
-    assert not list(tmp_path.rglob("*.safetensors"))
+def counting_decodes(monkeypatch) -> list[str]:
+    """Record every video file the processor decodes."""
+    import merv.models.processor as processor_module
 
-    cache = VideoTensorCache(tmp_path, specs, "synthetic-captions", writable=True)
-    first = cache.preprocess(model.processor, video)  # miss: computed and stored
-    again = cache.preprocess(model.processor, video)  # hit
-    assert (cache.misses, cache.hits) == (1, 1)
-    for a, b in zip(first, again):
-        assert torch.equal(a, b)
+    decoded, read = [], processor_module.read_frames
+
+    def counted(path, *args, **kwargs):
+        decoded.append(str(path))
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(processor_module, "read_frames", counted)
+    return decoded
+
+
+def test_video_tensor_cache_serves_a_processor(records, model, tmp_path, monkeypatch):
+    decoded = counting_decodes(monkeypatch)
+    video = records[0]["video"]
+    processor = copy.copy(model.processor)  # the module's model is shared: give this test its own cache slot
+    specs = processor.frame_specs
+    processor.pixel_cache = VideoTensorCache(tmp_path, specs, "synthetic-captions")
+    expected = processor.preprocess(video)
+    assert processor.pixel_cache.misses == 1 and not list(tmp_path.rglob("*.safetensors"))  # read-only: no writes
+
+    processor.pixel_cache = cache = VideoTensorCache(tmp_path, specs, "synthetic-captions", writable=True)
+    first = processor.preprocess(video)  # miss: decoded and stored
+    again = processor.preprocess(video)  # hit: not decoded
+    assert (cache.misses, cache.hits) == (1, 1) and decoded == [video, video]
+    for a, b, c in zip(expected, first, again):
+        assert a.dtype == torch.uint8 and torch.equal(a, b) and torch.equal(a, c)
     assert VideoTensorCache(tmp_path, specs, "another-dataset").get(video) is None  # namespaced by dataset
     assert VideoTensorCache(tmp_path, specs[:1], "synthetic-captions").get(video) is None  # and by frame specs
     st = os.stat(video)
     os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     assert cache.get(video) is None  # stale
+    with pytest.raises(ValueError, match="the cache has 2"):
+        cache.put(video, None, None, first[:1])
+
+
+def test_video_tensor_cache_stores_pixels_shared_by_encoders_once(records, model, tmp_path):
+    """Like merv-full's three 16-frame 224 px encoders: the processor hands them one tensor."""
+    processor = copy.copy(model.processor)
+    spec = processor.frame_specs[0]
+    processor.frame_specs = [spec, dataclasses.replace(spec, mean=(0.0,) * 3), processor.frame_specs[1]]
+    processor.pixel_cache = VideoTensorCache(tmp_path, processor.frame_specs, "shared", writable=True)
+    video = records[0]["video"]
+    decoded = processor.preprocess(video)
+    assert decoded[0] is decoded[1]
+    cached = processor.pixel_cache.get(video)
+    assert cached is not None and all(torch.equal(a, b) for a, b in zip(decoded, cached))
+    (entry,) = tmp_path.rglob("*.safetensors")
+    with safe_open(str(entry), framework="pt") as f:
+        assert len(list(f.keys())) == 2
+
+
+def test_training_datasets_read_the_video_cache_of_the_data_module(records, model, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from merv.lit.data import MERVDataModule
+
+    decoded = counting_decodes(monkeypatch)
+    lit = SimpleNamespace(processor=copy.copy(model.processor), model=model)
+    fill = MERVDataModule(video_cache=str(tmp_path / "pixels"), video_cache_writable=True)
+    fill.trainer = SimpleNamespace(lightning_module=lit)
+    filled = fill._dataset(records[:2])
+    first = [filled[i]["pixel_values"] for i in range(2)]
+    assert len(decoded) == 2
+
+    lit.processor = copy.copy(model.processor)
+    read_only = MERVDataModule(video_cache=str(tmp_path / "pixels"))  # the default: read, never write
+    read_only.trainer = SimpleNamespace(lightning_module=lit)
+    dataset = read_only._dataset(records[:3])
+    again = [dataset[i]["pixel_values"] for i in range(3)]
+    assert len(decoded) == 3  # the two cached clips were read, the third decoded ...
+    assert len(list((tmp_path / "pixels").rglob("*.safetensors"))) == 2  # ... and not stored
+    for a, b in zip(first, again):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_pixel_memory_decodes_repeated_clips_once(records, model, monkeypatch):
+    decoded = counting_decodes(monkeypatch)
+    processor = copy.copy(model.processor)
+    processor.pixel_cache = memory = PixelMemory(max_items=2)
+    a, b, c = (r["video"] for r in records[:3])
+    for video in (a, b, a, c, a, b):  # b was evicted by c (a stayed in use)
+        processor.preprocess(video)
+    assert decoded == [a, b, c, b] and len(memory.items) == 2
+    st = os.stat(a)
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    processor.preprocess(a)  # a rewritten file is decoded anew
+    assert decoded[-1] == a
+    with pytest.raises(VideoDecodeError):  # a missing file fails like it does without a cache
+        processor.preprocess(str(Path(a).with_name("missing.mp4")))
 
 
 def test_lru_cache_evicts_least_recently_used():
     lru = LRUCache(max_items=2)
-    calls = []
     lru.put("a", 1)
     lru.put("b", 2)
     assert lru.get("a") == 1  # "b" is now the least recently used
     lru.put("c", 3)
-    assert "b" not in lru and len(lru) == 2
-    assert lru.get_or_compute("b", lambda: calls.append("b") or 20) == 20
-    assert lru.get_or_compute("b", lambda: calls.append("b") or 21) == 20
-    assert calls == ["b"] and "a" not in lru
-    assert (lru.hits, lru.misses) == (2, 1)
+    assert "b" not in lru and len(lru) == 2 and lru.get("b") is None
+    assert (lru.hits, lru.misses) == (1, 1)
     with pytest.raises(ValueError, match="max_items"):
         LRUCache(0)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from merv.data import dataset as dataset_mod
 from merv.data.dataset import SkipCounter, SkippedSample, SkipRateError, VideoTextDataset, track_skips
 from merv.data.synthetic import write_video
+from merv.models import processor as processor_mod
 from merv.models.encoders.base import FrameSpec
 from merv.models.llm import build_tiny_tokenizer
 from merv.models.processor import VideoLMProcessor
@@ -130,7 +130,7 @@ def test_segment_bounds_reach_the_decoder(monkeypatch, processor):
         calls.append((path, list(counts), start, end))
         return [torch.zeros(k, 8, 8, 3, dtype=torch.uint8) for k in counts]
 
-    monkeypatch.setattr(dataset_mod, "read_frames", fake_read_frames)
+    monkeypatch.setattr(processor_mod, "read_frames", fake_read_frames)
     record = {"id": "seg", "video": "clip.mp4", "start": 1.5, "end": 3.0, "conversations": _conversation("fall", True)}
     VideoTextDataset([record], processor)[0]
     assert calls == [("clip.mp4", [4, 8], 1.5, 3.0)]

@@ -309,7 +309,7 @@ def test_missing_videos_are_skipped_and_counted_and_a_high_rate_fails(tmp_path):
     assert model.calls == 2 and outcome.report["counts"]["skipped"] == 0
 
 
-def test_frame_folders_reach_the_model_as_frames_and_segments_as_bounds(tmp_path):
+def test_frame_folders_and_files_reach_the_model_as_paths_with_segment_bounds(tmp_path):
     from PIL import Image
 
     folder = tmp_path / "frames" / "clip1"
@@ -323,29 +323,16 @@ def test_frame_folders_reach_the_model_as_frames_and_segments_as_bounds(tmp_path
     ]
     path = tmp_path / "tvqa.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    model = FakeModel()
-    run_chunk(model, EvalConfig("tvqa", path, video_root=tmp_path / "frames", output_dir=tmp_path / "o1"))
-    folder_frames = model.seen[0]["video"]
-    assert (
-        isinstance(folder_frames, torch.Tensor)
-        and folder_frames.shape == (8, 6, 8, 3)
-        and folder_frames.dtype == torch.uint8
-    )
-    assert (
-        int(folder_frames[:, 0, 0, 0].min()) >= 6 and int(folder_frames[:, 0, 0, 0].max()) <= 12
-    )  # frames 6..11 (2-4 s)
-    assert model.seen[1]["video"].endswith("clip2.mp4") and (model.seen[1]["start"], model.seen[1]["end"]) == (0.5, 1.5)
-    model = FakeModel()
-    run_chunk(
-        model, EvalConfig("tvqa", path, video_root=tmp_path / "frames", output_dir=tmp_path / "o2", strategy="loglik")
-    )
-    folder_frames, segment = model.seen
-    assert isinstance(folder_frames["video"], torch.Tensor) and folder_frames["video"].shape == (8, 6, 8, 3)
-    assert (folder_frames["start"], folder_frames["end"]) == (None, None)  # the frames are already the segment
-    assert segment["video"] == str(tmp_path / "frames" / "clip2.mp4") and (segment["start"], segment["end"]) == (
-        0.5,
-        1.5,
-    )
+    for strategy in ("naive", "loglik"):
+        model = FakeModel()
+        cfg = EvalConfig(
+            "tvqa", path, video_root=tmp_path / "frames", output_dir=tmp_path / strategy, strategy=strategy
+        )
+        run_chunk(model, cfg)
+        folder, clip = model.seen
+        # The processor decodes both kinds (and its pixel cache can serve both).
+        assert folder["video"] == str(tmp_path / "frames" / "clip1") and (folder["start"], folder["end"]) == (2, 4)
+        assert clip["video"] == str(tmp_path / "frames" / "clip2.mp4") and (clip["start"], clip["end"]) == (0.5, 1.5)
 
 
 # ------------------------------------------------------------------------------------------ open-ended
@@ -606,6 +593,27 @@ def test_eval_mcq_script_on_a_saved_videolm(tmp_path, tiny_checkpoint):
     }
     recs = read_predictions(out / "nextqa_naive_pred_merge.jsonl")
     assert all(isinstance(r["output"], str) for r in recs)
+
+
+def test_video_cache_decodes_each_benchmark_clip_once_across_runs(tmp_path, tiny_checkpoint, monkeypatch):
+    import merv.models.processor as processor_module
+
+    csv_path, videos = write_nextqa(tmp_path, n=4)  # 4 questions on 2 videos
+    for vid in ("1000", "1001"):
+        write_mp4(videos / f"{vid}.mp4")
+    decoded, read = [], processor_module.read_frames
+    monkeypatch.setattr(
+        processor_module, "read_frames", lambda path, *a, **kw: decoded.append(path) or read(path, *a, **kw)
+    )
+    common = ["--model_path", str(tiny_checkpoint), "--eval_dataset", "nextqa", "--filename_question", str(csv_path),
+              "--video_root", str(videos), "--device", "cpu", "--video_cache", str(tmp_path / "pixels")]  # fmt: skip
+
+    mcq_main([*common, "--output_dir", str(tmp_path / "first"), "--strategy", "loglik"])
+    assert len(decoded) == 2  # the second question of each video reads the first one's pixels
+    mcq_main([*common, "--output_dir", str(tmp_path / "second"), "--strategy", "loglik"])
+    assert len(decoded) == 2  # a later run decodes nothing ...
+    first, second = (read_predictions(tmp_path / d / "nextqa_loglik_pred_merge.jsonl") for d in ("first", "second"))
+    assert [r["option_nll"] for r in first] == [r["option_nll"] for r in second]  # ... and scores the same
 
 
 def test_merge_command(tmp_path, capsys):

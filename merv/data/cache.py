@@ -3,8 +3,10 @@
 * `FeatureCache`: each encoder's aligned, pre-projection features (`VideoLM.encode_aligned` output) per video,
   one safetensors file per (encoder namespace, video clip). `build_feature_cache` fills it, sharded over
   ranks; `CachedFeatureDataset` trains from it and `fill_missing_features` encodes the samples it lacks.
-* `VideoTensorCache`: per-encoder pixel tensors (`processor.pixels` output) for repeated evaluation.
-* `LRUCache`: a small in-memory cache, e.g. for few-shot exemplars reused by every question.
+* `VideoTensorCache`: decoded, resized per-encoder pixels (`processor.preprocess` output) on disk, for
+  repeated evaluation (or training that decodes the same clips every epoch); a processor's `pixel_cache`.
+* `PixelMemory`: the same in memory for the last clips decoded, e.g. few-shot exemplars reused by every
+  question; built on `LRUCache`.
 
 Layout of a feature cache::
 
@@ -27,7 +29,7 @@ import os
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -801,18 +803,21 @@ def fill_missing_features(batch: dict[str, Any], model: VideoLM) -> dict[str, An
 
 
 class VideoTensorCache:
-    """On-disk cache of preprocessed per-encoder pixels (`processor.pixels` output) for repeated evaluation.
+    """On-disk cache of decoded, resized per-encoder pixels (`processor.preprocess` output).
 
+    Set it as a processor's `pixel_cache` (the eval scripts' `--video_cache`, the data module's
+    `data.video_cache`) and every video file that processor reads is looked up here before it is decoded.
     Entries live in a namespace per (dataset identity, every encoder's frame count, size and normalisation)
     and are checked against the video file's identity like feature-cache entries. The cache is read-only
-    unless `writable=True`, so a training run never writes to a shared cache by accident.
+    unless `writable=True`: a read-only cache stores nothing it is offered, so a training run never writes
+    to a shared cache by accident.
 
     Args:
         root: cache folder.
         frame_specs: the model's per-encoder frame specs (`processor.frame_specs`).
-        dataset_id: names the dataset (e.g. the benchmark name or annotation file), so two datasets never share
-            entries even if their paths collide after moving.
-        writable: allow `put` (and storing in `preprocess`).
+        dataset_id: names the dataset (e.g. the benchmark name), so two datasets never share entries even
+            if their paths collide after moving.
+        writable: store what `put` is offered.
     """
 
     def __init__(
@@ -846,7 +851,7 @@ class VideoTensorCache:
         """Cached `(T_e, 3, S_e, S_e)` uint8 pixels per encoder, or None (missing, stale or corrupt entry)."""
         try:
             ident = VideoIdentity.of(video, start, end)
-            meta, tensors = _read_entry(self._path(ident), [f"pixels_{e}" for e in range(len(self.specs))])
+            meta, tensors = _read_entry(self._path(ident), sorted({_pixel_group(spec) for spec in self.specs}))
         except FileNotFoundError:
             self.misses += 1
             return None
@@ -858,34 +863,29 @@ class VideoTensorCache:
             self.misses += 1
             return None
         self.hits += 1
-        return [tensors[f"pixels_{e}"] for e in range(len(self.specs))]
+        return [tensors[_pixel_group(spec)] for spec in self.specs]
 
     def put(
         self, video: str | os.PathLike, start: float | None, end: float | None, pixels: Sequence[torch.Tensor]
-    ) -> None:
-        """Store one clip's per-encoder pixels.
-
-        Raises:
-            PermissionError: the cache was opened read-only.
-        """
-        if not self.writable:
-            raise PermissionError(f"video tensor cache {self.dir} is read-only (open it with writable=True)")
+    ) -> bool:
+        """Store one clip's per-encoder pixels if the cache is writable; returns whether it stored them."""
         if len(pixels) != len(self.specs):
             raise ValueError(f"got pixels for {len(pixels)} encoders, the cache has {len(self.specs)}")
+        if not self.writable:
+            return False
         ident = VideoIdentity.of(video, start, end)
-        tensors = {f"pixels_{e}": p.contiguous() for e, p in enumerate(pixels)}
+        tensors: dict[str, torch.Tensor] = {}
+        for spec, p in zip(self.specs, pixels):
+            tensors.setdefault(_pixel_group(spec), p)
         _write_entry(self._path(ident), tensors, {"key": self._key, **ident.metadata()})
+        return True
 
-    def preprocess(
-        self, processor: Any, video: str | os.PathLike, start: float | None = None, end: float | None = None
-    ) -> list[torch.Tensor]:
-        """`processor.preprocess(video, start, end)` through the cache (stored on a miss when writable)."""
-        pixels = self.get(video, start, end)
-        if pixels is None:
-            pixels = processor.preprocess(video, start, end)
-            if self.writable:
-                self.put(video, start, end, pixels)
-        return pixels
+
+def _pixel_group(spec: FrameSpec) -> str:
+    """Encoders with the same frame count and size get the same pixels (the processor resizes them once),
+    so an entry stores one tensor per group: safetensors refuses tensors that share memory, and the disk
+    need not hold copies."""
+    return f"pixels_{spec.num_frames}x{spec.image_size}"
 
 
 K = TypeVar("K", bound=Hashable)
@@ -893,7 +893,7 @@ V = TypeVar("V")
 
 
 class LRUCache(Generic[K, V]):
-    """A bounded in-memory mapping that evicts the least recently used item (e.g. few-shot exemplar pixels).
+    """A bounded in-memory mapping that evicts the least recently used item.
 
     Args:
         max_items: capacity, at least 1.
@@ -927,21 +927,34 @@ class LRUCache(Generic[K, V]):
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)
 
-    def get_or_compute(self, key: K, compute: Callable[[], V]) -> V:
-        """The cached value, or `compute()` stored under `key`."""
-        value = self.get(key)
-        if value is None:
-            value = compute()
-            self.put(key, value)
-        return value
 
-    def clear(self) -> None:
-        self._items.clear()
+class PixelMemory:
+    """In-memory pixel cache for a processor's `pixel_cache`: the last `max_items` clips it decoded.
 
+    Few-shot evaluation puts the same exemplar clips in front of many queries; this decodes each once
+    while it stays in use. Clips are keyed by file identity and bounds, so a rewritten file is decoded anew.
 
-def video_key(video: str | os.PathLike, start: float | None = None, end: float | None = None) -> VideoIdentity:
-    """A hashable key for a clip that changes when the file does (for `LRUCache`)."""
-    return VideoIdentity.of(video, start, end)
+    Args:
+        max_items: clips kept (a `merv-full` clip is about 7 MB of uint8 pixels).
+    """
+
+    def __init__(self, max_items: int = 32) -> None:
+        self.items: LRUCache[VideoIdentity, list[torch.Tensor]] = LRUCache(max_items)
+
+    def get(
+        self, video: str | os.PathLike, start: float | None = None, end: float | None = None
+    ) -> list[torch.Tensor] | None:
+        try:
+            key = VideoIdentity.of(video, start, end)
+        except FileNotFoundError:
+            return None  # decoding it reports the missing file the usual way
+        return self.items.get(key)
+
+    def put(
+        self, video: str | os.PathLike, start: float | None, end: float | None, pixels: Sequence[torch.Tensor]
+    ) -> bool:
+        self.items.put(VideoIdentity.of(video, start, end), list(pixels))
+        return True
 
 
 __all__ = [
@@ -955,6 +968,7 @@ __all__ = [
     "FeatureCache",
     "FeatureCacheMissError",
     "LRUCache",
+    "PixelMemory",
     "VideoIdentity",
     "VideoTensorCache",
     "aligned_temporal_tokens",
@@ -963,6 +977,5 @@ __all__ = [
     "record_clips",
     "encoder_keys",
     "fill_missing_features",
-    "video_key",
     "weights_identity",
 ]

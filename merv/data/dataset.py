@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import Dataset
 
-from merv.data.video import VideoDecodeError, read_frames
+from merv.data.video import VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ def describe_sample(index: int, record: Mapping[str, Any]) -> str:
 class Processor(Protocol):
     """What the dataset needs from a processor (`merv.models.processor.VideoLMProcessor` provides it)."""
 
-    @property
-    def frame_counts(self) -> list[int]: ...
-
-    def pixels(self, frames_per_encoder: list[torch.Tensor]) -> list[torch.Tensor]: ...
+    def preprocess(self, video: str, start: float | None, end: float | None, **decode: Any) -> list[torch.Tensor]: ...
 
     def num_videos(self, video: Any) -> int: ...
 
@@ -168,7 +165,7 @@ class VideoTextDataset(Dataset):
     Args:
         records: dicts with `conversations`, optional `video` (a path, a list of clips, or None) and
             optional `start`/`end` seconds.
-        processor: provides `frame_counts`, `pixels`, `num_videos`, `encode` and `collate`.
+        processor: provides `preprocess`, `num_videos`, `encode` and `collate`.
         max_skip_fraction: largest tolerated fraction of samples with unreadable videos (configures the
             counter built here when `skip_counter` is None).
         min_samples: samples to see before that fraction is checked (likewise).
@@ -216,19 +213,13 @@ class VideoTextDataset(Dataset):
         per_clip = []
         for path, start, end in clips:
             try:
-                frames = read_frames(
-                    path,
-                    self.processor.frame_counts,
-                    start=start,
-                    end=end,
-                    backend=self.backend,
-                    timeout=self.decode_timeout,
-                )
+                # Through the processor, so its pixel cache (if any) serves training too.
+                pixels = self.processor.preprocess(path, start, end, backend=self.backend, timeout=self.decode_timeout)
             except VideoDecodeError as e:
                 which = f", clip {len(per_clip) + 1} of {len(clips)}" if len(clips) > 1 else ""
                 logger.warning("skipping %s%s: %s", describe_sample(index, record), which, e)
                 return SkippedSample(index, e.path, e.reason)
-            per_clip.append(self.processor.pixels(frames))
+            per_clip.append(pixels)
         if not isinstance(record.get("video"), (list, tuple)):
             return per_clip[0]  # (T_e, 3, S, S) per encoder
         return [torch.stack(px) for px in zip(*per_clip)]  # (V, T_e, 3, S, S) per encoder

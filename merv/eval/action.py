@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from merv.data.cache import PixelMemory
 from merv.data.dataset import SkipRateError
 from merv.data.formats import FORMATS, OMNIFALL_CLASSES, VIDEO_TOKEN, AnnotationError, load_annotations, normalize_label
 from merv.data.video import VideoDecodeError
@@ -1134,13 +1135,19 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
     p.add_argument("--tensorboard_dir", default=None, help="also log the metrics and confusion matrix here")
+    p.add_argument(
+        "--video_cache", default=None, help="folder caching decoded, resized clips (exemplars too) for later runs"
+    )
     return p
 
 
 def eval_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse flags, load the model, evaluate, write the files; returns the report."""
     args = build_eval_parser().parse_args(argv)
-    model = load_model(args.model_path, args.device, args.dtype)
+    model = load_model(args.model_path, args.device, args.dtype, args.video_cache, f"action-{Path(args.labels).stem}")
+    if args.mode == "few-shot" and not args.video_cache:
+        # Every query's prompt repeats exemplar clips: keep the recently decoded ones in memory.
+        model.processor.pixel_cache = PixelMemory(max_items=max(32, 4 * args.k))
     cfg = ActionEvalConfig(
         labels=args.labels,
         format=args.format,

@@ -84,14 +84,30 @@ def default_output_dir(model_path: str, root: str = "eval_results") -> Path:
     return Path(root) / ("-".join(name) or "model")
 
 
-def load_model(model_path: str, device: str | None = None, dtype: str | None = None) -> Any:
-    """Load a model for inference: a saved dir, a `.ckpt`, a run dir or a registered name (see `load_vid`)."""
+def load_model(
+    model_path: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    video_cache: str | None = None,
+    dataset_id: str = "eval",
+) -> Any:
+    """Load a model for inference: a saved dir, a `.ckpt`, a run dir or a registered name (see `load_vid`).
+
+    With `video_cache`, the model's processor reads decoded, resized clips from that folder and stores the
+    ones it decodes (namespaced by `dataset_id` and the encoders' frame counts and sizes), so later runs on
+    the same benchmark (other checkpoints, strategies or chunks) skip decoding.
+    """
     import torch
 
+    from merv.data.cache import VideoTensorCache
     from merv.models.loading import load_vid
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_vid(model_path, dtype=None if dtype is None else getattr(torch, dtype), device=device)
+    model = load_vid(model_path, dtype=None if dtype is None else getattr(torch, dtype), device=device)
+    if video_cache:
+        processor = model.processor
+        processor.pixel_cache = VideoTensorCache(video_cache, processor.frame_specs, dataset_id, writable=True)
+    return model
 
 
 def _positive_fraction(text: str) -> float:
@@ -140,6 +156,9 @@ def _run_parser(description: str, kind: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default cuda if available)")
     p.add_argument("--dtype", default=None, help="cast the model, e.g. bfloat16")
     p.add_argument("--merge_only", action="store_true", help="only merge finished chunks and write the report")
+    p.add_argument(
+        "--video_cache", default=None, help="folder caching decoded, resized clips for later runs of this benchmark"
+    )
     return p
 
 
@@ -266,7 +285,7 @@ def mcq_main(argv: Sequence[str] | None = None) -> str | None:
         name = run_name(get_task(cfg.task), cfg)
         merge_chunks(cfg.output_dir, name, cfg.num_chunks)
         return summary_line(write_report(cfg.output_dir, name))
-    outcome = evaluate(load_model(args.model_path, args.device, args.dtype), cfg)
+    outcome = evaluate(load_model(args.model_path, args.device, args.dtype, args.video_cache, cfg.task), cfg)
     return None if outcome.report is None else summary_line(outcome.report)
 
 
@@ -285,7 +304,7 @@ def openended_main(argv: Sequence[str] | None = None) -> str | None:
         merge_chunks(cfg.output_dir, name, cfg.num_chunks)
         report = write_report(cfg.output_dir, name, task)
     else:
-        report = evaluate(load_model(args.model_path, args.device, args.dtype), cfg).report
+        report = evaluate(load_model(args.model_path, args.device, args.dtype, args.video_cache, cfg.task), cfg).report
     if report is None:
         return None
     if args.judge != "match":

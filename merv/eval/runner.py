@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from merv.data.dataset import SkipRateError
-from merv.data.video import VideoDecodeError, read_frames
+from merv.data.video import VideoDecodeError
 from merv.eval.judge import string_match_report, type_label
 from merv.eval.parsing import LETTERS, parse_mcq_answer
 from merv.eval.tasks import (
@@ -248,14 +248,6 @@ def read_predictions(path: str | os.PathLike, tolerate_truncated_tail: bool = Fa
     return records
 
 
-# --------------------------------------------------------------------------------------------- video input
-
-
-def _max_frames(model: Any) -> int:
-    counts = getattr(getattr(model, "processor", None), "frame_counts", None)
-    return max(counts) if counts else 32
-
-
 # ----------------------------------------------------------------------------------------------- prediction
 
 
@@ -278,20 +270,20 @@ def _base_record(task: EvalTask, item: EvalItem) -> dict[str, Any]:
     return rec
 
 
-def _video_input(model: Any, item: EvalItem) -> tuple[Any, dict[str, float | None]]:
-    """What to hand the model: the file path with the item's segment bounds, or a frame folder's frames
-    (already cut to the segment) with no bounds."""
+def _video_input(item: EvalItem) -> tuple[str, dict[str, float | None]]:
+    """What to hand the model: the video file or frame folder, with the item's segment bounds (if any).
+
+    A path rather than frames, so the model's processor decodes it (a folder of frames too) and its pixel
+    cache, if one is set, serves repeated runs."""
     path = Path(item.video)
     if not path.exists():
         raise FileNotFoundError(f"video not found: {path}")
-    if path.is_dir():
-        return read_frames(path, [_max_frames(model)], start=item.start, end=item.end)[0], {}
     bounds = {"start": item.start, "end": item.end} if item.start is not None or item.end is not None else {}
     return str(path), bounds
 
 
 def _generate(model: Any, item: EvalItem, message: str, settings: Mapping[str, Any]) -> str:
-    video, bounds = _video_input(model, item)
+    video, bounds = _video_input(item)
     builder = model.get_prompt_builder()
     builder.add_turn(role="human", message=message)
     return model.generate(
@@ -314,7 +306,7 @@ def predict_item(model: Any, task: EvalTask, item: EvalItem, settings: Mapping[s
             if not item.options:
                 raise ValueError(f"{task.name} item {item.id!r} has no options")
             if settings["strategy"] == "loglik":
-                video, bounds = _video_input(model, item)
+                video, bounds = _video_input(item)
                 nll = [float(x) for x in model.option_nll(video, item.question, list(item.options), **bounds)]
                 if len(nll) != len(item.options):
                     raise ValueError(f"option_nll returned {len(nll)} scores for {len(item.options)} options")

@@ -11,7 +11,7 @@ import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
 from merv.data import load_annotations
-from merv.data.cache import CachedFeatureDataset, FeatureCache, fill_missing_features
+from merv.data.cache import CachedFeatureDataset, FeatureCache, VideoTensorCache, fill_missing_features
 from merv.data.dataset import SkipCounter, VideoTextDataset
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,10 @@ class MERVDataModule(L.LightningDataModule):
             datasets then read the frozen encoders' aligned features from it instead of decoding videos.
         feature_cache_on_miss: what a sample without a valid cache entry does: `encode` (decode it and run the
             frozen encoders live, in `on_after_batch_transfer`) or `error` (fail the run, naming the record).
+        video_cache: folder of a video tensor cache: clips whose decoded, resized pixels are there (for the
+            model's frame counts and sizes, and the file as it is now) are read instead of decoded.
+        video_cache_writable: also store the clips decoded while training (off by default, so a run never
+            writes into a cache other runs read).
     """
 
     def __init__(
@@ -82,6 +86,8 @@ class MERVDataModule(L.LightningDataModule):
         seed: int = 0,
         feature_cache: str | None = None,
         feature_cache_on_miss: Literal["encode", "error"] = "encode",
+        video_cache: str | None = None,
+        video_cache_writable: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -114,6 +120,14 @@ class MERVDataModule(L.LightningDataModule):
     def _dataset(self, records: list[dict]) -> VideoTextDataset:
         module = self.trainer.lightning_module
         processor = module.processor  # builds the model if needed
+        if self.hparams.video_cache:
+            # One namespace for every split: entries are checked against each video file anyway.
+            processor.pixel_cache = VideoTensorCache(
+                self.hparams.video_cache,
+                processor.frame_specs,
+                "training",
+                writable=self.hparams.video_cache_writable,
+            )
         if self.hparams.feature_cache:
             cache = FeatureCache.for_model(self.hparams.feature_cache, module.model)
             return CachedFeatureDataset(

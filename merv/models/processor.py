@@ -6,8 +6,9 @@ resizing and tokenisation there. `VideoLM.prepare_batch` and the training datase
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -17,6 +18,17 @@ from merv.models.encoders.base import FrameSpec
 from merv.models.prompting import GPT, HUMAN, VIDEO_TOKEN, PromptFormat, Segment, normalize_role
 
 IGNORE_INDEX = -100
+
+
+class PixelCache(Protocol):
+    """Where `VideoLMProcessor.preprocess` looks up a clip's per-encoder pixels before decoding it
+    (`merv.data.cache.VideoTensorCache` on disk, `merv.data.cache.PixelMemory` in memory)."""
+
+    def get(self, video: str | os.PathLike, start: float | None, end: float | None) -> list[torch.Tensor] | None: ...
+
+    def put(
+        self, video: str | os.PathLike, start: float | None, end: float | None, pixels: Sequence[torch.Tensor]
+    ) -> None: ...
 
 
 class VideoLMProcessor:
@@ -35,6 +47,9 @@ class VideoLMProcessor:
         max_length: training conversations longer than this are cut at the end (never inside the visual
             tokens); a prompt without a target (`encode_prompt`) that is longer raises instead, since
             cutting its end would drop the question or the assistant header.
+        pixel_cache: consulted for video files before decoding them, and offered what was decoded; None
+            decodes every time. Set it on a model's processor (`model.processor.pixel_cache = ...`) to
+            share decoded clips across evaluation runs or few-shot prompts.
     """
 
     def __init__(
@@ -44,12 +59,14 @@ class VideoLMProcessor:
         frame_specs: Sequence[FrameSpec],
         num_visual_tokens: int,
         max_length: int = 2048,
+        pixel_cache: PixelCache | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.prompt_format = prompt_format
         self.frame_specs = list(frame_specs)
         self.num_visual_tokens = num_visual_tokens
         self.max_length = max_length
+        self.pixel_cache = pixel_cache
 
     @property
     def frame_counts(self) -> list[int]:
@@ -58,11 +75,18 @@ class VideoLMProcessor:
     # ---- video ---------------------------------------------------------------------------------
 
     def load_frames(
-        self, video: str | torch.Tensor | np.ndarray, start: float | None = None, end: float | None = None
+        self,
+        video: str | torch.Tensor | np.ndarray,
+        start: float | None = None,
+        end: float | None = None,
+        **decode: Any,
     ) -> list[torch.Tensor]:
-        """One decode (or one in-memory gather) serving every encoder: `(T_e, H, W, 3)` uint8 each."""
-        if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
-            return read_frames(video, self.frame_counts, start=start, end=end)
+        """One decode (or one in-memory gather) serving every encoder: `(T_e, H, W, 3)` uint8 each.
+
+        `decode` goes to `read_frames` for files (`backend`, `timeout`).
+        """
+        if _is_path(video):
+            return read_frames(video, self.frame_counts, start=start, end=end, **decode)
         frames = torch.as_tensor(video)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
@@ -86,9 +110,21 @@ class VideoLMProcessor:
                 resized[key] = spec.resize(frames)
         return [resized[(spec.num_frames, spec.image_size)] for spec in self.frame_specs]
 
-    def preprocess(self, video, start: float | None = None, end: float | None = None) -> list[torch.Tensor]:
-        """Video file or `(T, H, W, 3)` uint8 frames → one resized `(T_e, 3, S_e, S_e)` uint8 tensor per encoder."""
-        return self.pixels(self.load_frames(video, start, end))
+    def preprocess(
+        self, video, start: float | None = None, end: float | None = None, **decode: Any
+    ) -> list[torch.Tensor]:
+        """Video file or `(T, H, W, 3)` uint8 frames → one resized `(T_e, 3, S_e, S_e)` uint8 tensor per encoder.
+
+        Video files go through `pixel_cache` when one is set (in-memory frames are already decoded);
+        `decode` goes to `read_frames` (`backend`, `timeout`).
+        """
+        cache = self.pixel_cache if _is_path(video) else None
+        if cache is not None and (pixels := cache.get(video, start, end)) is not None:
+            return pixels
+        pixels = self.pixels(self.load_frames(video, start, end, **decode))
+        if cache is not None:
+            cache.put(video, start, end, pixels)
+        return pixels
 
     # ---- text ----------------------------------------------------------------------------------
 
@@ -237,4 +273,8 @@ class VideoLMProcessor:
         return self.collate([self.item(s) for s in samples])
 
 
-__all__ = ["IGNORE_INDEX", "VideoLMProcessor", "HUMAN", "GPT"]
+def _is_path(video: Any) -> bool:
+    return isinstance(video, (str, bytes)) or hasattr(video, "__fspath__")
+
+
+__all__ = ["IGNORE_INDEX", "PixelCache", "VideoLMProcessor", "HUMAN", "GPT"]
