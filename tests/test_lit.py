@@ -48,6 +48,23 @@ def test_an_unreadable_batch_still_joins_the_other_ranks_backward(module, monkey
     assert all(torch.count_nonzero(p.grad) == 0 for p in trainable.values())
 
 
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_text_only_batch_still_gives_every_trainable_parameter_a_gradient_with_several_ranks(module, world_size):
+    module._trainer = fake_trainer(world_size=world_size)
+    module.model.zero_grad(set_to_none=True)
+    conversation = [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "red"}]
+    batch = module.model.prepare_batch([{"video": None, "conversations": conversation}])
+    module.log = lambda *args, **kwargs: None  # no trainer to log to
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    visual = [p for n, p in module.model.named_parameters() if p.requires_grad and n.startswith("projectors.")]
+    if world_size == 1:  # one process: nothing waits for the visual modules
+        assert all(p.grad is None for p in visual)
+    else:  # the other ranks all-reduce these gradients: they exist here too, and add nothing
+        assert visual and all(p.grad is not None and torch.count_nonzero(p.grad) == 0 for p in visual)
+    del module.log
+
+
 def test_grad_norm_adds_up_the_shards_of_every_rank_under_fsdp(module, monkeypatch):
     trainable = [p for p in module.model.parameters() if p.requires_grad]
     for p in trainable:

@@ -111,19 +111,31 @@ class MERVLitModule(L.LightningModule):
             return None if stand_in is None else stand_in.loss * 0.0  # trains on nothing
         out = self(batch)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["input_ids"]))
-        return out.loss
+        stand_in = self._visual_stand_in(batch)
+        return out.loss if stand_in is None else out.loss + 0.0 * stand_in.loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "input_ids" not in batch:
             self._join_other_ranks(batch_idx)
             return
         self.log("val/loss", self(batch).loss, prog_bar=True, sync_dist=True, batch_size=len(batch["input_ids"]))
+        self._visual_stand_in(batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "input_ids" not in batch:
             self._join_other_ranks(batch_idx)
             return
         self.log("test/loss", self(batch).loss, sync_dist=True, batch_size=len(batch["input_ids"]))
+        self._visual_stand_in(batch)
+
+    def _visual_stand_in(self, batch: dict[str, Any]) -> VideoLMOutput | None:
+        """For a text-only batch (e.g. Video-LLaVA's language instructions) with several processes: the
+        encoders, projectors and fusion are left out of this rank's forward while the other ranks run them
+        (gathering their FSDP/ZeRO-3 shards) and wait for their gradients, so run them on a stand-in sample.
+        Its loss is to be added times zero; None when nothing needs joining."""
+        if self.trainer.world_size == 1 or any(batch.get(k) is not None for k in ("pixel_values", "aligned_features")):
+            return None
+        return self(self._stand_in_batch())
 
     def _join_other_ranks(self, batch_idx: int) -> VideoLMOutput | None:
         """For a batch whose every video was unreadable (the data module counts them): on one process, nothing.
