@@ -555,6 +555,23 @@ def test_training_datasets_read_the_video_cache_of_the_data_module(records, mode
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def test_live_encoding_of_cache_misses_is_refused_when_encoders_are_sharded(records, model, tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from merv.lit.data import MERVDataModule
+
+    lit = SimpleNamespace(processor=copy.copy(model.processor), model=model)
+    data = MERVDataModule(feature_cache=str(tmp_path / "features"))
+    data.trainer = SimpleNamespace(lightning_module=lit, strategy=FSDPStrategy())
+    with pytest.raises(ValueError, match="feature_cache_on_miss=error"):
+        data._dataset(records)
+    strict = MERVDataModule(feature_cache=str(tmp_path / "features"), feature_cache_on_miss="error")
+    strict.trainer = data.trainer
+    assert isinstance(strict._dataset(records), CachedFeatureDataset)
+
+
 def test_pixel_memory_decodes_repeated_clips_once(records, model, monkeypatch):
     decoded = counting_decodes(monkeypatch)
     processor = copy.copy(model.processor)

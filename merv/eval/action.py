@@ -506,7 +506,8 @@ def load_action_records(
 
 # ---- instruction files for training ---------------------------------------------------------------------
 
-_DROP_FIELDS = ("conversations", "video", "label_id")
+# `record_origin` names the file a record was read from; the prepared file is its own origin.
+_DROP_FIELDS = ("conversations", "video", "label_id", "record_origin")
 
 
 def instruction_record(record: Mapping[str, Any], task: ActionTask, relative_to: Path | None = None) -> dict:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from merv.data import load_annotations
 from merv.data.cache import CachedFeatureDataset, FeatureCache, VideoTensorCache, fill_missing_features
 from merv.data.dataset import SkipCounter, VideoTextDataset
+from merv.lit.callbacks import is_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,14 @@ class MERVDataModule(L.LightningDataModule):
                 writable=self.hparams.video_cache_writable,
             )
         if self.hparams.feature_cache:
+            if self.hparams.feature_cache_on_miss == "encode" and is_sharded(self.trainer.strategy):
+                # Only the ranks with a miss would run the sharded encoders, and wait forever for the others
+                # to gather their weights.
+                raise ValueError(
+                    f"data.feature_cache_on_miss=encode cannot run under {type(self.trainer.strategy).__name__}, "
+                    "which shards the encoders: build the cache for every video and set "
+                    "data.feature_cache_on_miss=error"
+                )
             cache = FeatureCache.for_model(self.hparams.feature_cache, module.model)
             return CachedFeatureDataset(
                 records,
