@@ -243,9 +243,9 @@ def test_training_from_cache_matches_live_encoding(records, model, tmp_path, dty
     torch.testing.assert_close(loss(model, filled), live_loss, rtol=tolerance, atol=tolerance)
 
 
-def test_samples_with_several_videos(records, model, tmp_path):
-    """A record with two `<video>` tags (e.g. a few-shot exemplar) reads one feature row per clip."""
-    two = {
+def two_clip_record(records) -> dict:
+    """A record with two `<video>` tags (e.g. a few-shot exemplar and the query); the second is a segment."""
+    return {
         "id": "pair",
         "video": [records[0]["video"], {"video": records[1]["video"], "start": 0.0, "end": 1.0}],
         "conversations": [
@@ -253,7 +253,11 @@ def test_samples_with_several_videos(records, model, tmp_path):
             {"from": "gpt", "value": "a blue circle"},
         ],
     }
-    recs = [two, records[2]]
+
+
+def test_samples_with_several_videos(records, model, tmp_path):
+    """A record with two `<video>` tags (e.g. a few-shot exemplar) reads one feature row per clip."""
+    recs = [two_clip_record(records), records[2]]
     root = tmp_path / "cache"
     assert build(recs, model, root).built == 3  # the second video is cached as its first second only
     cache = FeatureCache.for_model(root, model)
@@ -270,15 +274,7 @@ def test_samples_with_several_videos(records, model, tmp_path):
 
 def test_several_videos_missing_from_the_cache_are_encoded_live(records, model, tmp_path):
     """A multi-video sample without entries is decoded (every clip) and encoded live, matching live training."""
-    two = {
-        "id": "pair",
-        "video": [records[0]["video"], {"video": records[1]["video"], "start": 0.0, "end": 1.0}],
-        "conversations": [
-            {"from": "human", "value": "<video>\nThis is a red square. <video>\nWhat is this?"},
-            {"from": "gpt", "value": "a blue circle"},
-        ],
-    }
-    recs = [two, records[2]]
+    recs = [two_clip_record(records), records[2]]
     root = tmp_path / "cache"
     build(recs[1:], model, root)  # only the single-video sample is cached
     ds = CachedFeatureDataset(recs, model.processor, FeatureCache.for_model(root, model))

@@ -15,19 +15,34 @@ from merv.data.synthetic import generate
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def ddp_fit(tmp_path: Path, train_file: Path, trainer: dict, *flags: str, timeout: float = 300):
+    """`merv.cli fit` of the quick-start model on two CPU processes with `trainer` settings."""
+    trainer = {
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp",
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(tmp_path / "run"),
+        **trainer,
+    }
+    (tmp_path / "trainer.yaml").write_text(json.dumps(trainer))
+    cmd = [sys.executable, "-m", "merv.cli", "fit", "--config", str(ROOT / "configs/experiments/quickstart.yaml"),
+           "--trainer", str(tmp_path / "trainer.yaml"), "--data.train_files", json.dumps([str(train_file)]),
+           "--data.val_files", "[]", "--data.num_workers", "0", "--data.batch_size", "2", *flags]  # fmt: skip
+    env = {**os.environ, "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 @pytest.mark.slow
 def test_two_process_cpu_ddp_completes_and_shards_the_data(tmp_path):
     data = tmp_path / "data"
     generate(data, num_videos=8, seed=0)
     trainer = {
-        "accelerator": "cpu",
-        "devices": 2,
-        "strategy": "ddp",
         "max_steps": 3,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
         "log_every_n_steps": 1,
-        "default_root_dir": str(tmp_path / "run"),
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"name": "run", "version": 0},
@@ -37,28 +52,7 @@ def test_two_process_cpu_ddp_completes_and_shards_the_data(tmp_path):
             {"class_path": "merv.lit.ExportPretrained"},
         ],
     }
-    (tmp_path / "trainer.yaml").write_text(json.dumps(trainer))
-    cmd = [
-        sys.executable,
-        "-m",
-        "merv.cli",
-        "fit",
-        "--config",
-        str(ROOT / "configs/experiments/quickstart.yaml"),
-        "--trainer",
-        str(tmp_path / "trainer.yaml"),
-        "--data.train_files",
-        json.dumps([str(data / "captions.json")]),
-        "--data.val_files",
-        "[]",
-        "--data.num_workers",
-        "0",
-        "--data.batch_size",
-        "2",
-    ]
-    env = {**os.environ, "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = ddp_fit(tmp_path, data / "captions.json", trainer)
     assert "distributed_backend=gloo" in result.stdout + result.stderr
     run = tmp_path / "run/run/version_0"
     ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
@@ -73,51 +67,24 @@ def test_two_process_cpu_ddp_completes_and_shards_the_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_rank_whose_batches_are_all_unreadable_keeps_step_with_the_others(tmp_path):
-    # Unshuffled, rank 0 reads the even records and rank 1 the odd ones: every batch of rank 1 is unreadable,
-    # yet it must join rank 0's gradient all-reduce at every step or rank 0 waits forever.
+@pytest.mark.parametrize("odd", ["unreadable", "text-only"])
+def test_ddp_rank_whose_batches_have_no_video_keeps_step_with_the_others(tmp_path, odd):
+    # Unshuffled, rank 0 reads the even records and rank 1 the odd ones: no batch of rank 1 runs the visual
+    # modules, yet it must join rank 0's gradient all-reduce of them at every step or rank 0 waits forever.
     data = tmp_path / "data"
     generate(data, num_videos=8, seed=0)
     good = [dict(r, video=str(data / r["video"])) for r in json.loads((data / "captions.json").read_text())][:6]
     mixed = []
     for i, r in enumerate(good):
-        mixed += [r, dict(r, id=f"bad{i}", video=str(tmp_path / f"missing{i}.mp4"))]
+        if odd == "unreadable":
+            other = dict(r, id=f"bad{i}", video=str(tmp_path / f"missing{i}.mp4"))
+        else:
+            other = {"id": f"text{i}", "conversations": [{"from": "human", "value": "Name a colour."},
+                                                          {"from": "gpt", "value": "red"}]}  # fmt: skip
+        mixed += [r, other]
     (tmp_path / "mixed.json").write_text(json.dumps(mixed))
-    trainer = {
-        "accelerator": "cpu",
-        "devices": 2,
-        "strategy": "ddp",
-        "max_steps": 2,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "logger": False,
-        "callbacks": [],
-        "default_root_dir": str(tmp_path / "run"),
-    }
-    (tmp_path / "trainer.yaml").write_text(json.dumps(trainer))
-    cmd = [
-        sys.executable,
-        "-m",
-        "merv.cli",
-        "fit",
-        "--config",
-        str(ROOT / "configs/experiments/quickstart.yaml"),
-        "--trainer",
-        str(tmp_path / "trainer.yaml"),
-        "--data.train_files",
-        json.dumps([str(tmp_path / "mixed.json")]),
-        "--data.val_files",
-        "[]",
-        "--data.num_workers",
-        "0",
-        "--data.batch_size",
-        "2",
-        "--data.shuffle",
-        "false",
-        "--data.max_skip_fraction",
-        "0.6",
-    ]
-    env = {**os.environ, "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "rank 1: every video of batch 0 was unreadable" in result.stderr
+    trainer = {"max_steps": 2, "logger": False, "callbacks": []}
+    flags = ["--data.shuffle", "false", "--data.max_skip_fraction", "0.6"]
+    result = ddp_fit(tmp_path, tmp_path / "mixed.json", trainer, *flags, timeout=240)
+    if odd == "unreadable":
+        assert "rank 1: every video of batch 0 was unreadable" in result.stderr
