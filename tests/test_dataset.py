@@ -170,6 +170,25 @@ def test_samples_with_several_videos_decode_every_clip(processor, records, caplo
     assert [tuple(p.shape) for p in batch["pixel_values"]] == [(3, 4, 3, 32, 32), (3, 8, 3, 16, 16)]
 
 
+def test_a_sample_whose_visual_tokens_overflow_max_length_is_skipped_before_decoding(records, monkeypatch, caplog):
+    """E.g. a record with many images: no cut of its text makes it fit, so it is counted, not fatal."""
+    ordered, _ = records
+    tokenizer = build_tiny_tokenizer()
+    small = VideoLMProcessor(
+        tokenizer, PromptFormat("merv", tokenizer.eos_token), SPECS, NUM_VISUAL_TOKENS, max_length=8
+    )
+    many = {"id": "album", "video": [ordered[0]["video"]] * 3, "conversations": _conversation("red", True)}
+    many["conversations"][0]["value"] = "<video> <video> <video>\nWhat colour?"
+    monkeypatch.setattr(processor_mod, "read_frames", lambda *a, **kw: pytest.fail("decoded a sample that cannot fit"))
+    dataset = VideoTextDataset([many, {**ordered[3], "video": None}], small)
+    with caplog.at_level(logging.WARNING, logger="merv.data.dataset"):
+        marker = dataset[0]
+    assert isinstance(marker, SkippedSample) and "9 visual tokens" in marker.reason
+    assert "skipping sample 0 (album)" in caplog.text
+    batch = dataset.collate([marker, dataset[1]])
+    assert (batch["num_samples"], batch["num_skipped"]) == (1, 1)
+
+
 def test_a_shared_skip_counter_replaces_the_own_one(processor, records):
     ordered, _ = records
     shared = SkipCounter(max_skip_fraction=0.5, min_samples=1)

@@ -724,6 +724,8 @@ class CachedFeatureDataset(VideoTextDataset):
                 return self._miss(index, sample, path, found)
             per_video.append(found.features)
         item = self._encode(index, record)
+        if isinstance(item, SkippedSample):
+            return item
         item["pixel_values"] = None
         item["cached_features"] = [torch.stack(f) for f in zip(*per_video)]  # (V, T, tokens_per_frame, D_e)
         item["index"] = index

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from merv.data.video import VideoDecodeError
+from merv.models.processor import VisualTokensOverflowError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class Processor(Protocol):
 
 @dataclass(frozen=True)
 class SkippedSample:
-    """Marker returned for a sample whose video could not be decoded (dropped by `collate`)."""
+    """Marker returned for a sample that cannot be used: an unreadable video, or more visual tokens than
+    `max_length` holds (dropped by `collate`, counted as skipped)."""
 
     index: int
     path: str
@@ -197,10 +199,12 @@ class VideoTextDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         record = self.records[index]
+        item = self._encode(index, record)  # first: a sample that cannot fit is skipped before any decoding
+        if isinstance(item, SkippedSample):
+            return item
         pixels = self._pixels(index, record)
         if isinstance(pixels, SkippedSample):
             return pixels
-        item = self._encode(index, record)
         item["pixel_values"] = pixels
         item["index"] = index
         return item
@@ -224,11 +228,19 @@ class VideoTextDataset(Dataset):
             return per_clip[0]  # (T_e, 3, S, S) per encoder
         return [torch.stack(px) for px in zip(*per_clip)]  # (V, T_e, 3, S, S) per encoder
 
-    def _encode(self, index: int, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Token ids, labels and video mask; a conversation that cannot be encoded is an error naming the sample."""
+    def _encode(self, index: int, record: Mapping[str, Any]) -> dict[str, Any] | SkippedSample:
+        """Token ids, labels and video mask; a conversation that cannot be encoded is an error naming the sample.
+
+        A sample whose visual tokens alone overflow `max_length` (many clips in one record) is skipped and
+        counted like an unreadable video: its data are fine, this model just cannot take it whole.
+        """
         num_videos = self.processor.num_videos(record.get("video"))
         try:
             return dict(self.processor.encode(record["conversations"], has_video=num_videos))
+        except VisualTokensOverflowError as e:
+            logger.warning("skipping %s: %s", describe_sample(index, record), e)
+            clips = record_clips(record)
+            return SkippedSample(index, clips[0][0] if clips else "", str(e))
         except (KeyError, ValueError) as e:
             raise ValueError(f"{describe_sample(index, record)}: cannot encode the conversation: {e}") from e
 

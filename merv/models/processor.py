@@ -20,6 +20,11 @@ from merv.models.prompting import GPT, HUMAN, VIDEO_TOKEN, PromptFormat, Segment
 IGNORE_INDEX = -100
 
 
+class VisualTokensOverflowError(ValueError):
+    """A conversation's visual tokens reach past `max_length` (e.g. many images or videos in one sample), so
+    no cut of its text can make it fit."""
+
+
 class PixelCache(Protocol):
     """Where `VideoLMProcessor.preprocess` looks up a clip's per-encoder pixels before decoding it
     (`merv.data.cache.VideoTensorCache` on disk, `merv.data.cache.PixelMemory` in memory)."""
@@ -169,7 +174,10 @@ class VideoLMProcessor:
                     "header): shorten the prompt or raise max_length"
                 )
             if any(video[self.max_length :]):
-                raise ValueError(f"sequence of {len(ids)} tokens cannot be cut to max_length={self.max_length}")
+                raise VisualTokensOverflowError(
+                    f"{sum(video)} visual tokens ({num_videos} video(s)) and the text before them do not fit in "
+                    f"max_length={self.max_length}; the conversation cannot be cut short of them"
+                )
             ids, labels, video = ids[: self.max_length], labels[: self.max_length], video[: self.max_length]
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
@@ -277,4 +285,4 @@ def _is_path(video: Any) -> bool:
     return isinstance(video, (str, bytes)) or hasattr(video, "__fspath__")
 
 
-__all__ = ["IGNORE_INDEX", "PixelCache", "VideoLMProcessor", "HUMAN", "GPT"]
+__all__ = ["IGNORE_INDEX", "PixelCache", "VideoLMProcessor", "VisualTokensOverflowError", "HUMAN", "GPT"]
