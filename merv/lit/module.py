@@ -109,33 +109,36 @@ class MERVLitModule(L.LightningModule):
         if "input_ids" not in batch:
             stand_in = self._join_other_ranks(batch_idx)
             return None if stand_in is None else stand_in.loss * 0.0  # trains on nothing
+        visual = self._visual_stand_in(batch)  # before the LLM, in the order the other ranks run them
         out = self(batch)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["input_ids"]))
-        stand_in = self._visual_stand_in(batch)
-        return out.loss if stand_in is None else out.loss + 0.0 * stand_in.loss
+        return out.loss if visual is None else out.loss + 0.0 * visual.sum()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "input_ids" not in batch:
             self._join_other_ranks(batch_idx)
             return
-        self.log("val/loss", self(batch).loss, prog_bar=True, sync_dist=True, batch_size=len(batch["input_ids"]))
         self._visual_stand_in(batch)
+        self.log("val/loss", self(batch).loss, prog_bar=True, sync_dist=True, batch_size=len(batch["input_ids"]))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "input_ids" not in batch:
             self._join_other_ranks(batch_idx)
             return
-        self.log("test/loss", self(batch).loss, sync_dist=True, batch_size=len(batch["input_ids"]))
         self._visual_stand_in(batch)
+        self.log("test/loss", self(batch).loss, sync_dist=True, batch_size=len(batch["input_ids"]))
 
-    def _visual_stand_in(self, batch: dict[str, Any]) -> VideoLMOutput | None:
+    def _visual_stand_in(self, batch: dict[str, Any]) -> torch.Tensor | None:
         """For a text-only batch (e.g. Video-LLaVA's language instructions) with several processes: the
         encoders, projectors and fusion are left out of this rank's forward while the other ranks run them
-        (gathering their FSDP/ZeRO-3 shards) and wait for their gradients, so run them on a stand-in sample.
-        Its loss is to be added times zero; None when nothing needs joining."""
+        (gathering their FSDP/ZeRO-3 shards, and all-reducing their gradients), so run just them, on a
+        stand-in clip, before the LLM as the other ranks do. Returns the fused visual tokens, to be added
+        to the loss times zero; None when nothing needs joining."""
         if self.trainer.world_size == 1 or any(batch.get(k) is not None for k in ("pixel_values", "aligned_features")):
             return None
-        return self(self._stand_in_batch())
+        stand_in = self._stand_in_batch()
+        aligned = stand_in.get("aligned_features") or self.model.encode_aligned(stand_in["pixel_values"])
+        return self.model.fuse(aligned)[0]
 
     def _join_other_ranks(self, batch_idx: int) -> VideoLMOutput | None:
         """For a batch whose every video was unreadable (the data module counts them): on one process, nothing.

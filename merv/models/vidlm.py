@@ -241,7 +241,8 @@ class VideoLM(nn.Module):
         normalised float pixels.
         """
         t, tpf = self.temporal_tokens, self.config.tokens_per_frame
-        return [enc.encode_aligned(px, t, tpf) for enc, px in zip(self.encoders, pixel_values)]
+        # Through `__call__` (not `enc.encode_aligned`): FSDP gathers a wrapped encoder's weights there.
+        return [enc(px, t, tpf) for enc, px in zip(self.encoders, pixel_values)]
 
     def fuse(self, aligned: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Trainable part: project each aligned sequence and fuse them → `(B, L_v, D_llm)`, weights `(B, E)`."""

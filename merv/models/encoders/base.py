@@ -116,31 +116,41 @@ class VisionEncoder(nn.Module):
         """Family-specific forward: `(B, T, 3, S, S)` -> `(B, T', N, D)`."""
         raise NotImplementedError
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixels: torch.Tensor, temporal_tokens: int | None = None, tokens_per_frame: int | None = None
+    ) -> torch.Tensor:
+        """Pixels `(B, T, 3, S, S)` → features `(B, T', N, D)`, or pooled to `(B, temporal_tokens,
+        tokens_per_frame, D)` when both are given (see `encode_aligned`).
+
+        uint8 pixels (what the data pipeline ships) are normalised here, on the encoder's device; float
+        pixels are taken as already normalised. Everything happens in `forward` so that callers go through
+        `__call__`, which is where FSDP gathers a wrapped encoder's weights.
+        """
         expected_shape = (self.num_frames, 3, self.image_size, self.image_size)
         if pixels.ndim != 5 or tuple(pixels.shape[1:]) != expected_shape:
             raise ValueError(
                 f"encoder {self.encoder_id!r} expects (B, {self.num_frames}, 3, {self.image_size}, "
                 f"{self.image_size}) pixels (batch, frames, channels first, height, width), got {tuple(pixels.shape)}"
             )
-        features = self.encode(pixels)  # (B, T', N, D)
-        expected = (pixels.shape[0], *self.output_shape)
-        if tuple(features.shape) != expected:
-            raise RuntimeError(f"encoder {self.encoder_id!r} returned {tuple(features.shape)}, declared {expected}")
-        return features
-
-    def encode_aligned(self, pixels: torch.Tensor, temporal_tokens: int, tokens_per_frame: int) -> torch.Tensor:
-        """Processor pixels `(B, T, 3, S, S)` → features pooled to `(B, temporal_tokens, tokens_per_frame, D)`.
-
-        uint8 pixels (what the data pipeline ships) are normalised here, on the encoder's device; float pixels
-        are taken as already normalised. Training (`VideoLM.encode_aligned`) and the feature cache builder both
-        come through here, so cached features are the ones training would compute.
-        """
         weight = next(self.parameters())
         pixels = pixels.to(weight.device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             pixels = self.frame_spec.normalize(pixels)
-        return align_features(self(pixels.to(weight.dtype)), temporal_tokens, tokens_per_frame)
+        features = self.encode(pixels.to(weight.dtype))  # (B, T', N, D)
+        expected = (pixels.shape[0], *self.output_shape)
+        if tuple(features.shape) != expected:
+            raise RuntimeError(f"encoder {self.encoder_id!r} returned {tuple(features.shape)}, declared {expected}")
+        if temporal_tokens is None or tokens_per_frame is None:
+            return features
+        return align_features(features, temporal_tokens, tokens_per_frame)
+
+    def encode_aligned(self, pixels: torch.Tensor, temporal_tokens: int, tokens_per_frame: int) -> torch.Tensor:
+        """Processor pixels `(B, T, 3, S, S)` → features pooled to `(B, temporal_tokens, tokens_per_frame, D)`.
+
+        Training (`VideoLM.encode_aligned`) and the feature cache builder both come through `forward`, so
+        cached features are the ones training would compute.
+        """
+        return self(pixels, temporal_tokens, tokens_per_frame)
 
     @property
     def frame_spec(self) -> FrameSpec:
