@@ -527,6 +527,22 @@ def test_video_tensor_cache_stores_pixels_shared_by_encoders_once(records, model
         assert len(list(f.keys())) == 2
 
 
+def test_a_failing_video_tensor_cache_costs_the_cache_not_the_run(records, model, tmp_path, monkeypatch, caplog):
+    import merv.data.cache as cache_module
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    processor = copy.copy(model.processor)
+    processor.pixel_cache = cache = VideoTensorCache(tmp_path, processor.frame_specs, "full-disk", writable=True)
+    monkeypatch.setattr(cache_module, "_write_entry", disk_full)
+    monkeypatch.setattr(cache_module, "_read_entry", disk_full)
+    with caplog.at_level(logging.WARNING, logger="merv.data.cache"):
+        first, second = (processor.preprocess(r["video"]) for r in records[:2])
+    assert first[0].dtype == torch.uint8 and second[0].dtype == torch.uint8
+    assert cache.misses == 2 and caplog.text.count("cannot store entries") == 1  # warned once
+
+
 def test_training_datasets_read_the_video_cache_of_the_data_module(records, model, tmp_path, monkeypatch):
     from types import SimpleNamespace
 

@@ -108,6 +108,8 @@ class RecordingModel:
         self.videos.append(video)
         if video.endswith("broken.mp4"):
             raise VideoDecodeError(video, "corrupt")
+        if video.endswith("long.mp4"):
+            raise ValueError("the prompt is 3000 tokens, more than max_length=2048")
         return "a circle"
 
     def eval(self):
@@ -121,6 +123,8 @@ def run_generation_logger(steps: list[int], strategy=None, every_n_steps: int = 
     records = [
         {"video": "ok.mp4", "conversations": [{"from": "human", "value": "?"}, {"from": "gpt", "value": "a"}]},
         {"video": "broken.mp4", "conversations": [{"from": "human", "value": "?"}]},
+        {"video": "long.mp4", "conversations": [{"from": "human", "value": "?"}]},
+        {"video": ["a.mp4", "b.mp4"], "conversations": [{"from": "human", "value": "<video> <video>?"}]},
     ]
     trainer = SimpleNamespace(
         global_step=steps[0],
@@ -130,7 +134,7 @@ def run_generation_logger(steps: list[int], strategy=None, every_n_steps: int = 
         logger=None,
     )
     module = SimpleNamespace(model=RecordingModel())
-    callback = GenerationLogger(every_n_steps=every_n_steps)
+    callback = GenerationLogger(every_n_steps=every_n_steps, num_samples=4)
     callback.on_train_start(trainer, module)
     for i, step in enumerate(steps):
         trainer.global_step = step
@@ -142,8 +146,23 @@ def test_generation_is_logged_once_per_optimizer_step_with_gradient_accumulation
     # Three batches per optimizer step: the global step repeats while gradients accumulate.
     steps = [0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4]
     model = run_generation_logger(steps)
-    # Steps 2 and 4, once each; never at step 0, before anything was learnt. The broken video costs a line only.
-    assert model.videos == ["ok.mp4", "broken.mp4"] * 2
+    # Steps 2 and 4, once each; never at step 0, before anything was learnt. Failures cost a line only.
+    assert model.videos == ["ok.mp4", "broken.mp4", "long.mp4"] * 2
+
+
+def test_generation_failures_cost_a_line_and_multi_clip_records_are_left_out():
+    videos = run_generation_logger([0, 1, 2]).videos
+    assert videos == ["ok.mp4", "broken.mp4", "long.mp4"]  # each failed alone; the two-clip record was not shown
+
+
+def test_only_deepspeed_stage_3_counts_as_sharded():
+    from merv.lit.callbacks import is_sharded
+
+    def deepspeed(stage_3: bool):
+        return type("DeepSpeedStrategy", (), {"zero_stage_3": stage_3})()
+
+    assert is_sharded(deepspeed(True)) and not is_sharded(deepspeed(False))
+    assert is_sharded(FSDPStrategy()) and not is_sharded(object())
 
 
 def test_generation_resumed_at_a_logged_step_waits_for_the_next_one():

@@ -842,6 +842,7 @@ class VideoTensorCache:
         self.writable = writable
         self.hits = 0
         self.misses = 0
+        self._write_failed = False
 
     def _path(self, video: VideoIdentity) -> Path:
         digest = video.clip_digest
@@ -861,6 +862,10 @@ class VideoTensorCache:
             logger.warning("%s; ignoring it", e)
             self.misses += 1
             return None
+        except OSError as e:  # an unreadable cache must not stop a run that can decode the video
+            logger.warning("video tensor cache: cannot read the entry of %s (%s); decoding it", video, e)
+            self.misses += 1
+            return None
         if meta.get("key") != self._key or ident.mismatch(meta) is not None:
             self.misses += 1
             return None
@@ -875,11 +880,17 @@ class VideoTensorCache:
             raise ValueError(f"got pixels for {len(pixels)} encoders, the cache has {len(self.specs)}")
         if not self.writable:
             return False
-        ident = VideoIdentity.of(video, start, end)
         tensors: dict[str, torch.Tensor] = {}
         for spec, p in zip(self.specs, pixels):
             tensors.setdefault(_pixel_group(spec), p)
-        _write_entry(self._path(ident), tensors, {"key": self._key, **ident.metadata()})
+        try:
+            ident = VideoIdentity.of(video, start, end)
+            _write_entry(self._path(ident), tensors, {"key": self._key, **ident.metadata()})
+        except OSError as e:  # a full disk or a folder without write access costs the cache, not the run
+            if not self._write_failed:
+                logger.warning("video tensor cache %s: cannot store entries (%s); continuing without", self.dir, e)
+            self._write_failed = True
+            return False
         return True
 
 
@@ -933,8 +944,9 @@ class LRUCache(Generic[K, V]):
 class PixelMemory:
     """In-memory pixel cache for a processor's `pixel_cache`: the last `max_items` clips it decoded.
 
-    Few-shot evaluation puts the same exemplar clips in front of many queries; this decodes each once
-    while it stays in use. Clips are keyed by file identity and bounds, so a rewritten file is decoded anew.
+    Few-shot evaluation puts exemplar clips in front of many queries; an exemplar used again while it is
+    among the last `max_items` clips is not decoded again (every one, once the pool fits). Clips are keyed
+    by file identity and bounds, so a rewritten file is decoded anew.
 
     Args:
         max_items: clips kept (a `merv-full` clip is about 7 MB of uint8 pixels).

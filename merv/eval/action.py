@@ -1148,7 +1148,7 @@ def eval_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = load_model(args.model_path, args.device, args.dtype, args.video_cache, f"action-{Path(args.labels).stem}")
     if args.mode == "few-shot" and not args.video_cache:
         # Every query's prompt repeats exemplar clips: keep the recently decoded ones in memory.
-        model.processor.pixel_cache = PixelMemory(max_items=max(32, 4 * args.k))
+        model.processor.pixel_cache = PixelMemory(max_items=128)  # ~0.9 GB of merv-full clips
     cfg = ActionEvalConfig(
         labels=args.labels,
         format=args.format,

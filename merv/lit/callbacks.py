@@ -19,8 +19,14 @@ SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrateg
 
 
 def is_sharded(strategy: Any) -> bool:
-    """Whether `strategy` (or a strategy it derives from) shards the model's weights across ranks."""
-    return any(cls.__name__ in SHARDED_STRATEGIES for cls in type(strategy).__mro__)
+    """Whether `strategy` (or a strategy it derives from) shards the model's weights across ranks.
+
+    DeepSpeed shards weights only at ZeRO stage 3; stages 1 and 2 keep them whole on every rank.
+    """
+    names = {cls.__name__ for cls in type(strategy).__mro__}
+    if "DeepSpeedStrategy" in names:
+        return bool(getattr(strategy, "zero_stage_3", True))
+    return bool(names & set(SHARDED_STRATEGIES))
 
 
 class ThroughputMonitor(L.Callback):
@@ -96,7 +102,8 @@ class GenerationLogger(L.Callback):
         if not trainer.is_global_zero or is_sharded(trainer.strategy):
             return
         records = getattr(trainer.datamodule, "val_records", None) or getattr(trainer.datamodule, "train_records", [])
-        records = [r for r in records if r.get("video")][: self.num_samples]
+        # One-clip samples: their prompt has a single video to show (multi-clip records are few-shot style).
+        records = [r for r in records if isinstance(r.get("video"), str)][: self.num_samples]
         if not records:
             return
         model = pl_module.model
@@ -114,9 +121,9 @@ class GenerationLogger(L.Callback):
                     start=r.get("start"),
                     end=r.get("end"),
                 )
-            except (OSError, VideoDecodeError, torch.cuda.OutOfMemoryError) as e:
-                # An unreadable video (or a generation that does not fit beside training) costs a sample line,
-                # never the run.
+            except (OSError, ValueError, VideoDecodeError, torch.cuda.OutOfMemoryError) as e:
+                # An unreadable video, a prompt longer than max_length (ValueError), or a generation that does
+                # not fit beside training costs a sample line, never the run.
                 text = f"<generation failed: {e}>"
             expected = r["conversations"][1]["value"] if len(r["conversations"]) > 1 else ""
             lines.append(f"**{Path(r['video']).name}** — expected: `{expected}` — generated: `{text}`")

@@ -29,11 +29,13 @@ class PixelCache(Protocol):
     """Where `VideoLMProcessor.preprocess` looks up a clip's per-encoder pixels before decoding it
     (`merv.data.cache.VideoTensorCache` on disk, `merv.data.cache.PixelMemory` in memory)."""
 
-    def get(self, video: str | os.PathLike, start: float | None, end: float | None) -> list[torch.Tensor] | None: ...
+    def get(self, video: str | os.PathLike, start: float | None, end: float | None) -> list[torch.Tensor] | None:
+        """The clip's `(T_e, 3, S_e, S_e)` uint8 pixels per encoder, or None to decode it."""
 
     def put(
         self, video: str | os.PathLike, start: float | None, end: float | None, pixels: Sequence[torch.Tensor]
-    ) -> None: ...
+    ) -> bool:
+        """Offer a clip's decoded pixels; returns whether they were stored (a read-only cache declines)."""
 
 
 class VideoLMProcessor:
