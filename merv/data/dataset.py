@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from merv.data.video import VideoDecodeError
-from merv.models.processor import VisualTokensOverflowError
+from merv.models.processor import VisualTokensOverflowError, video_clips
 
 logger = logging.getLogger(__name__)
 
@@ -27,23 +27,11 @@ Clip = tuple[str, float | None, float | None]
 
 
 def record_clips(record: Mapping[str, Any]) -> list[Clip]:
-    """The `(path, start, end)` clips of a record's `video` field, in `<video>` tag order.
-
-    `video` is None (no clip), one path, or a list of clips for several `<video>` tags. A path takes the
-    record's `start`/`end`; a list entry is a path (the record's bounds) or a `{"video", "start", "end"}`
-    dict whose bounds are its own (absent bounds mean the whole video, never the record's). This is how
-    `VideoLMProcessor.videos_pixels` reads the field. Paths come back as written, not resolved.
-    """
-    video = record.get("video")
-    if video is None:
-        return []
-    clips = []
-    for v in video if isinstance(video, (list, tuple)) else [video]:
-        if isinstance(v, Mapping):
-            clips.append((os.fspath(v["video"]), v.get("start"), v.get("end")))
-        else:
-            clips.append((os.fspath(v), record.get("start"), record.get("end")))
-    return clips
+    """The `(path, start, end)` clips of a record's `video` field, in `<video>` tag order, as the processor
+    reads them (`merv.models.processor.video_clips`); paths come back as written, not resolved."""
+    return [
+        (os.fspath(v), s, e) for v, s, e in video_clips(record.get("video"), record.get("start"), record.get("end"))
+    ]
 
 
 def describe_sample(index: int, record: Mapping[str, Any]) -> str:

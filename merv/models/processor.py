@@ -7,7 +7,7 @@ resizing and tokenisation there. `VideoLM.prepare_batch` and the training datase
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -214,21 +214,16 @@ class VideoLMProcessor:
     # ---- batching ------------------------------------------------------------------------------
 
     def videos_pixels(self, video, start: float | None = None, end: float | None = None) -> list[torch.Tensor] | None:
-        """Pixels for a sample's `video` field: None, one video, or a list of videos (several `<video>` tags,
-        e.g. few-shot exemplars); a list entry may be a dict `{"video", "start", "end"}` with its own bounds.
+        """Pixels for a sample's `video` field (see `video_clips`): None, one video, or a list of videos.
 
         Returns one tensor per encoder, `(T_e, 3, S, S)` for one video or `(V, T_e, 3, S, S)` for a list.
         """
-        if video is None:
+        clips = video_clips(video, start, end)
+        if not clips:
             return None
+        per_video = [self.preprocess(v, s, e) for v, s, e in clips]
         if not isinstance(video, (list, tuple)):
-            return self.preprocess(video, start, end)
-        per_video = []
-        for v in video:
-            if isinstance(v, dict):
-                per_video.append(self.preprocess(v["video"], v.get("start"), v.get("end")))
-            else:
-                per_video.append(self.preprocess(v, start, end))
+            return per_video[0]
         return [torch.stack(px) for px in zip(*per_video)]
 
     @staticmethod
@@ -283,8 +278,26 @@ class VideoLMProcessor:
         return self.collate([self.item(s) for s in samples])
 
 
+def video_clips(video: Any, start: float | None = None, end: float | None = None) -> list[tuple[Any, Any, Any]]:
+    """The `(video, start, end)` clips of a sample's `video` field, in `<video>` tag order.
+
+    `video` is None (no clip), one video (a path or frames) taking `start`/`end`, or a list for several
+    `<video>` tags (e.g. few-shot exemplars) whose entries are videos (taking `start`/`end` too) or
+    `{"video", "start", "end"}` mappings with bounds of their own (absent: the whole video).
+    """
+    if video is None:
+        return []
+    clips = []
+    for v in video if isinstance(video, (list, tuple)) else [video]:
+        if isinstance(v, Mapping):
+            clips.append((v["video"], v.get("start"), v.get("end")))
+        else:
+            clips.append((v, start, end))
+    return clips
+
+
 def _is_path(video: Any) -> bool:
     return isinstance(video, (str, bytes)) or hasattr(video, "__fspath__")
 
 
-__all__ = ["IGNORE_INDEX", "PixelCache", "VideoLMProcessor", "VisualTokensOverflowError", "HUMAN", "GPT"]
+__all__ = ["IGNORE_INDEX", "PixelCache", "video_clips", "VideoLMProcessor", "VisualTokensOverflowError", "HUMAN", "GPT"]
