@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from merv.data.cache import VideoTensorCache
 from merv.data.dataset import VideoTextDataset
 from merv.data.synthetic import write_video
-from merv.data.video import read_frames
-from merv.models.encoders.base import CLIP_MEAN, CLIP_STD, HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, FrameSpec
+from merv.models.encoders.base import CLIP_MEAN, CLIP_STD, HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
 from merv.models.llm import build_tiny_tokenizer
 from merv.models.processor import VideoLMProcessor
 from merv.models.prompting import PromptFormat
+from merv.video import FrameSpec, VideoTensorCache, read_frames
 
 NORMS = [(CLIP_MEAN, CLIP_STD), (IMAGENET_MEAN, IMAGENET_STD), (HALF_MEAN, HALF_STD), (HALF_MEAN, HALF_STD)]
 

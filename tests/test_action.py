@@ -11,7 +11,6 @@ import torch
 
 from merv.data.formats import OMNIFALL_CLASSES, AnnotationError, load_annotations
 from merv.data.synthetic import write_video
-from merv.data.video import VideoDecodeError
 from merv.eval.action import (
     ACTION_QUESTION,
     ActionEvalConfig,
@@ -31,6 +30,7 @@ from merv.eval.action import (
     write_instruction_file,
 )
 from merv.models.prompting import PromptBuilder, PromptFormat
+from merv.video import VideoDecodeError
 
 ROOT = Path(__file__).resolve().parents[1]
 

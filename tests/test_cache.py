@@ -20,14 +20,9 @@ from torch.utils.data import DataLoader
 from merv.data import load_annotations
 from merv.data.cache import (
     CachedFeatureDataset,
-    CorruptCacheEntryError,
     EncoderKey,
     FeatureCache,
     FeatureCacheMissError,
-    LRUCache,
-    PixelMemory,
-    VideoIdentity,
-    VideoTensorCache,
     build_feature_cache,
     encoder_keys,
     fill_missing_features,
@@ -35,9 +30,10 @@ from merv.data.cache import (
 )
 from merv.data.dataset import SkippedSample, VideoTextDataset
 from merv.data.synthetic import generate
-from merv.data.video import VideoDecodeError
 from merv.models import VideoLM, VideoLMConfig
 from merv.models.encoders import build_encoder
+from merv.video import PixelMemory, VideoDecodeError, VideoIdentity, VideoTensorCache
+from merv.video.cache import CorruptCacheEntryError, LRUCache
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "configs/model/tiny.yaml"
@@ -528,15 +524,15 @@ def test_video_tensor_cache_stores_pixels_shared_by_encoders_once(records, model
 
 
 def test_a_failing_video_tensor_cache_costs_the_cache_not_the_run(records, model, tmp_path, monkeypatch, caplog):
-    import merv.data.cache as cache_module
+    import merv.video.cache as cache_module
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     processor = copy.copy(model.processor)
     processor.pixel_cache = cache = VideoTensorCache(tmp_path, processor.frame_specs, "full-disk", writable=True)
-    monkeypatch.setattr(cache_module, "_write_entry", disk_full)
-    monkeypatch.setattr(cache_module, "_read_entry", disk_full)
+    monkeypatch.setattr(cache_module, "write_entry", disk_full)
+    monkeypatch.setattr(cache_module, "read_entry", disk_full)
     with caplog.at_level(logging.WARNING, logger="merv.data.cache"):
         first, second = (processor.preprocess(r["video"]) for r in records[:2])
     assert first[0].dtype == torch.uint8 and second[0].dtype == torch.uint8

@@ -10,10 +10,10 @@ from torch.utils.data import DataLoader
 from merv.data.dataset import SkipCounter, SkippedSample, SkipRateError, VideoTextDataset, track_skips
 from merv.data.synthetic import write_video
 from merv.models import processor as processor_mod
-from merv.models.encoders.base import FrameSpec
 from merv.models.llm import build_tiny_tokenizer
 from merv.models.processor import VideoLMProcessor
 from merv.models.prompting import PromptFormat
+from merv.video import FrameSpec
 
 NUM_VISUAL_TOKENS = 3
 SPECS = [FrameSpec(4, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), FrameSpec(8, 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
-from merv.data.video import VideoDecodeError
 from merv.lit import GenerationLogger, MERVLitModule
 from merv.models import VideoLMConfig
+from merv.video import VideoDecodeError
 
 # What `VideoTextDataset.collate` returns when every video of a batch was unreadable.
 EMPTY_BATCH = {"indices": torch.zeros(0, dtype=torch.long), "num_samples": 0, "num_skipped": 2, "skipped_files": []}

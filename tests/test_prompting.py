@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from merv.models import VideoLM, VideoLMConfig, build_tiny_tokenizer
-from merv.models.encoders.base import FrameSpec
 from merv.models.processor import IGNORE_INDEX, VideoLMProcessor
 from merv.models.prompting import PromptBuilder, PromptFormat
+from merv.video import FrameSpec
 
 # Chat templates render with trim_blocks, so the newline after `{% endif %}` disappears.
 TEMPLATE = (

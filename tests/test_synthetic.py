@@ -12,8 +12,8 @@ import pytest
 
 from merv.data.formats import load_annotations
 from merv.data.synthetic import COLOURS, NUM_FRAMES, SHAPE_SIZE, SIZE, caption, generate
-from merv.data.video import read_frames
 from merv.eval import get_task
+from merv.video import read_frames
 
 NUM_VIDEOS, SEED = 10, 7
 

@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from merv.data import video as video_mod
 from merv.data.synthetic import write_video
-from merv.data.video import (
+from merv.video import (
     VideoDecodeError,
     backend_available,
     gather_frames,
     read_frames,
     sample_indices,
 )
+from merv.video import decode as video_mod
 
 NUM_FRAMES, FPS, LEVEL_STEP = 40, 10, 6
 BACKENDS = [b for b in ("pyav", "decord", "torchcodec") if backend_available(b)]

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import Dataset
 
-from merv.data.video import VideoDecodeError
-from merv.models.processor import VisualTokensOverflowError, video_clips
+from merv.models.processor import VisualTokensOverflowError
+from merv.video import VideoDecodeError, video_clips
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ Clip = tuple[str, float | None, float | None]
 
 def record_clips(record: Mapping[str, Any]) -> list[Clip]:
     """The `(path, start, end)` clips of a record's `video` field, in `<video>` tag order, as the processor
-    reads them (`merv.models.processor.video_clips`); paths come back as written, not resolved."""
+    reads them (`merv.video.video_clips`); paths come back as written, not resolved."""
     return [
         (os.fspath(v), s, e) for v, s, e in video_clips(record.get("video"), record.get("start"), record.get("end"))
     ]

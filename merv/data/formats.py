@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from merv.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from merv.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

@@ -35,10 +35,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from merv.data.cache import PixelMemory
 from merv.data.dataset import SkipRateError
 from merv.data.formats import FORMATS, OMNIFALL_CLASSES, VIDEO_TOKEN, AnnotationError, load_annotations, normalize_label
-from merv.data.video import VideoDecodeError
 from merv.eval.cli import default_output_dir, load_model
 from merv.eval.metrics import (
     DEFAULT_POSITIVE,
@@ -50,6 +48,7 @@ from merv.eval.metrics import (
 )
 from merv.eval.runner import summary_line, write_json_atomic
 from merv.eval.tasks import file_identity
+from merv.video import PixelMemory, VideoDecodeError
 
 logger = logging.getLogger(__name__)
 

@@ -99,8 +99,8 @@ def load_model(
     """
     import torch
 
-    from merv.data.cache import VideoTensorCache
     from merv.models.loading import load_vid
+    from merv.video import VideoTensorCache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_vid(model_path, dtype=None if dtype is None else getattr(torch, dtype), device=device)

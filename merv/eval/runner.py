@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from merv.data.dataset import SkipRateError
-from merv.data.video import VideoDecodeError
 from merv.eval.judge import string_match_report, type_label
 from merv.eval.parsing import LETTERS, parse_mcq_answer
 from merv.eval.tasks import (
@@ -30,6 +29,7 @@ from merv.eval.tasks import (
     file_identity,
     get_task,
 )
+from merv.video import VideoDecodeError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from merv.data.video import VideoDecodeError
+from merv.video import VideoDecodeError
 
 logger = logging.getLogger(__name__)
 

@@ -6,16 +6,14 @@ resizing and tokenisation there. `VideoLM.prepare_batch` and the training datase
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from merv.data.video import gather_frames, read_frames
-from merv.models.encoders.base import FrameSpec
-from merv.models.prompting import GPT, HUMAN, VIDEO_TOKEN, PromptFormat, Segment, normalize_role
+from merv.models.prompting import GPT, VIDEO_TOKEN, PromptFormat, Segment, normalize_role
+from merv.video import FrameSpec, PixelCache, gather_frames, read_frames, video_clips
 
 IGNORE_INDEX = -100
 
@@ -23,19 +21,6 @@ IGNORE_INDEX = -100
 class VisualTokensOverflowError(ValueError):
     """A conversation's visual tokens reach past `max_length` (e.g. many images or videos in one sample), so
     no cut of its text can make it fit."""
-
-
-class PixelCache(Protocol):
-    """Where `VideoLMProcessor.preprocess` looks up a clip's per-encoder pixels before decoding it
-    (`merv.data.cache.VideoTensorCache` on disk, `merv.data.cache.PixelMemory` in memory)."""
-
-    def get(self, video: str | os.PathLike, start: float | None, end: float | None) -> list[torch.Tensor] | None:
-        """The clip's `(T_e, 3, S_e, S_e)` uint8 pixels per encoder, or None to decode it."""
-
-    def put(
-        self, video: str | os.PathLike, start: float | None, end: float | None, pixels: Sequence[torch.Tensor]
-    ) -> bool:
-        """Offer a clip's decoded pixels; returns whether they were stored (a read-only cache declines)."""
 
 
 class VideoLMProcessor:
@@ -278,26 +263,8 @@ class VideoLMProcessor:
         return self.collate([self.item(s) for s in samples])
 
 
-def video_clips(video: Any, start: float | None = None, end: float | None = None) -> list[tuple[Any, Any, Any]]:
-    """The `(video, start, end)` clips of a sample's `video` field, in `<video>` tag order.
-
-    `video` is None (no clip), one video (a path or frames) taking `start`/`end`, or a list for several
-    `<video>` tags (e.g. few-shot exemplars) whose entries are videos (taking `start`/`end` too) or
-    `{"video", "start", "end"}` mappings with bounds of their own (absent: the whole video).
-    """
-    if video is None:
-        return []
-    clips = []
-    for v in video if isinstance(video, (list, tuple)) else [video]:
-        if isinstance(v, Mapping):
-            clips.append((v["video"], v.get("start"), v.get("end")))
-        else:
-            clips.append((v, start, end))
-    return clips
-
-
 def _is_path(video: Any) -> bool:
     return isinstance(video, (str, bytes)) or hasattr(video, "__fspath__")
 
 
-__all__ = ["IGNORE_INDEX", "PixelCache", "video_clips", "VideoLMProcessor", "VisualTokensOverflowError", "HUMAN", "GPT"]
+__all__ = ["IGNORE_INDEX", "VideoLMProcessor", "VisualTokensOverflowError"]

@@ -1,6 +1,6 @@
-"""Video decoding and frame sampling: one decode per sample serves every encoder's frame count.
+"""Video decoding: one decode per sample serves every encoder's frame count.
 
-Frames are sampled at segment midpoints over the frames the decoder really produces; several frame
+Frames are sampled (`merv.video.sampling`) over the frames the decoder really produces; several frame
 counts share one decode of the union of their indices. A video is a file, a still image, or a folder of
 extracted frames (one image per frame). Every failure surfaces as `VideoDecodeError`.
 """
@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+from merv.video.sampling import SegmentError, gather_frames, sample_indices, segment_frames
 
 logger = logging.getLogger(__name__)
 
@@ -68,67 +70,6 @@ class _ShortStream(Exception):
     def __init__(self, count: int) -> None:
         super().__init__(f"decoder produced only {count} frames")
         self.count = count
-
-
-# ---- sampling -----------------------------------------------------------------------------------
-
-
-def sample_indices(num_available: int, num_samples: int) -> list[int]:
-    """Evenly spaced frame indices at segment midpoints.
-
-    The `N` available frames are cut into `K` equal segments and the frame at each segment's midpoint
-    is taken: `floor((k + 0.5) * N / K)` for `k = 0..K-1`. When `N < K` frames repeat, which pads a
-    short video by repetition.
-
-    Args:
-        num_available: number of frames the decoder produced (N), at least 1.
-        num_samples: number of frames wanted (K), at least 1.
-
-    Returns:
-        K non-decreasing indices in `[0, N)`.
-    """
-    if num_available < 1:
-        raise ValueError(f"num_available must be at least 1, got {num_available}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    # Integer arithmetic: floor((2k + 1) * N / 2K) is exact where float products could round down.
-    return [((2 * k + 1) * num_available) // (2 * num_samples) for k in range(num_samples)]
-
-
-def gather_frames(frames: torch.Tensor, frame_counts: Sequence[int]) -> list[torch.Tensor]:
-    """Sample in-memory frames for several frame counts.
-
-    Args:
-        frames: `(N, H, W, 3)` uint8 frames.
-        frame_counts: one count per consumer (encoder).
-
-    Returns:
-        One `(T_e, H, W, 3)` tensor per count, sampled with `sample_indices`.
-    """
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected frames of shape (N, H, W, 3), got {tuple(frames.shape)}")
-    return [frames[torch.tensor(sample_indices(frames.shape[0], k), dtype=torch.long)] for k in frame_counts]
-
-
-def _segment_candidates(times: np.ndarray, start: float | None, end: float | None) -> np.ndarray:
-    """Indices of the frames shown during `[start, end]` seconds (times relative to the first frame).
-
-    Frame i is on screen from `times[i]` until the next frame; a frame belongs to the segment when that
-    interval overlaps it, so a segment shorter than a frame still gets the frame on screen at the time.
-    """
-    n = len(times)
-    lo = max(0.0, float(start)) if start is not None else 0.0
-    hi = float(end) if end is not None else float("inf")
-    if hi < lo:
-        raise ValueError(f"segment end ({end}) is before its start ({start})")
-    step = float(np.median(np.diff(times))) if n > 1 else float("inf")
-    ends = np.append(times[1:], times[-1] + step)
-    # `times <= lo` keeps the frame on screen at `lo` when the segment has zero length.
-    idx = np.flatnonzero(((times < hi) | (times <= lo)) & (ends > lo))
-    if idx.size == 0:
-        duration = float(ends[-1]) if np.isfinite(ends[-1]) else float(times[-1])
-        raise _DecodeFailure(f"segment [{lo:g}, {hi:g}] s holds no frame (the video spans {duration:g} s)")
-    return idx
 
 
 # ---- backends -----------------------------------------------------------------------------------
@@ -317,7 +258,10 @@ def _decode_with(
             if start is None and end is None:
                 candidates = np.arange(num_frames)
             else:
-                candidates = _segment_candidates(reader.timestamps()[:num_frames], start, end)
+                try:
+                    candidates = segment_frames(reader.timestamps()[:num_frames], start, end)
+                except SegmentError as e:
+                    raise _DecodeFailure(str(e)) from None
             per_count = [[int(candidates[j]) for j in sample_indices(len(candidates), k)] for k in frame_counts]
             union = sorted(set().union(*per_count))
             try:
@@ -477,7 +421,5 @@ __all__ = [
     "VideoDecodeError",
     "backend_available",
     "frame_folder_images",
-    "gather_frames",
     "read_frames",
-    "sample_indices",
 ]
