@@ -1,4 +1,4 @@
-"""Command line: `python -m merv.cli fit|validate|test --config a.yaml [--config b.yaml] [--x.y v]`."""
+"""Training command line: `python -m merv.cli fit|validate|test --config a.yaml [--config b.yaml] [--x.y v]`."""
 
 from __future__ import annotations
 
@@ -33,7 +33,3 @@ def main(args: list[str] | None = None) -> MERVCLI:
         seed_everything_default=0,
         args=args,
     )
-
-
-if __name__ == "__main__":
-    main()
