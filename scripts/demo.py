@@ -3,7 +3,7 @@
     python scripts/demo.py            # what `make demo` runs
 
 Steps: (1) write the synthetic shapes/actions videos and annotations if they are not there yet,
-(2) `python -m merv.cli fit --config configs/experiments/quickstart.yaml` (in-process), which also
+(2) `merv fit --config configs/experiments/quickstart.yaml` (in-process), which also
 exports the trained model with `save_pretrained` to `<output-dir>/run/version_0/model`, (3) score the
 held-out NExT-QA-style multiple-choice file by option log-likelihood and print the accuracy next to chance.
 """
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from merv.cli import main as cli_main
+    from merv.cli.train import main as fit
     from merv.data.synthetic import generate
     from merv.eval import EvalConfig, evaluate
     from merv.models import VideoLM
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.max_steps:
         overrides["--trainer.max_steps"] = str(args.max_steps)
     config = str(ROOT / "configs/experiments/quickstart.yaml")
-    cli = cli_main(["fit", "--config", config, *[x for kv in overrides.items() for x in kv]])
+    cli = fit(["fit", "--config", config, *[x for kv in overrides.items() for x in kv]])
     trained = time.perf_counter()
 
     model_dir = run_dir / "model"

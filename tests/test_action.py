@@ -596,7 +596,7 @@ def test_recipes_parse_with_the_cli(name, capsys, monkeypatch):
 @pytest.mark.slow
 def test_lora_recipe_learns_the_generated_actions(tmp_path, monkeypatch):
     """`fall_synthetic.yaml` end to end on a few generated clips: prepare, LoRA fit, evaluate before and after."""
-    from merv.cli import main as cli_main
+    from merv.cli.train import main as cli_main
     from merv.data.synthetic import generate
     from merv.models import VideoLM, VideoLMConfig
 

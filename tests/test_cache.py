@@ -429,7 +429,7 @@ def test_fit_from_cache_matches_live_fit(data_dir, tmp_path, monkeypatch):
     `feature_cache_on_miss=error` any key mismatch between the build's encoders and the run's would fail.
     A partly deleted cache still gives the same losses (missing samples are encoded live)."""
     from merv.cache import main as cache_main
-    from merv.cli import main as cli_main
+    from merv.cli.train import main as cli_main
     from merv.lit import data as lit_data
 
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json", batch_size=2)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from merv.cli import main
+from merv.cli.train import main
 from merv.data.synthetic import generate
 from merv.lit.checkpoints import read_state_dict
 

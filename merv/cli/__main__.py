@@ -1,6 +1,6 @@
-"""`python -m merv.cli fit|validate|test --config a.yaml`."""
+"""`python -m merv.cli ...`: the `merv` command without the console script installed."""
 
 from merv.cli import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

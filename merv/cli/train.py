@@ -1,4 +1,4 @@
-"""Training command line: `python -m merv.cli fit|validate|test --config a.yaml [--config b.yaml] [--x.y v]`."""
+"""Training command line: `merv fit|validate|test --config a.yaml [--config b.yaml] [--x.y v]` (LightningCLI)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class MERVCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        # No `predict`: the module has no predict step; answers come from the evaluation scripts.
+        # No `predict`: the module has no predict step; answers come from `merv eval`.
         return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -24,10 +24,18 @@ class MERVCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> MERVCLI:
+    """Run `fit`, `validate` or `test` and return the CLI (its `trainer`, `model` and `datamodule`).
+
+    Args:
+        args: the command line from the subcommand on, e.g. `["fit", "--config", "a.yaml"]`; None reads
+            `sys.argv`.
+    """
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     return MERVCLI(
         MERVLitModule,
         MERVDataModule,
+        # `python -m merv.cli` would otherwise call itself `__main__.py` in usage lines.
+        parser_kwargs={"prog": "merv"},
         # Requeued SLURM jobs write into the same run dir.
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
