@@ -1,38 +1,25 @@
-"""Turn a training checkpoint into a `save_pretrained` directory that loads without Lightning.
+"""Turn a training checkpoint into a `save_pretrained` directory that loads without Lightning: `merv export`.
 
-    python scripts/export.py --checkpoint outputs/run/version_0 --output models/merv-tiny [--merge-lora]
+    python scripts/export.py --model outputs/run/version_0 --output models/merv-tiny [--merge_lora]
 
-`--checkpoint` takes a Lightning `.ckpt` or a run directory (its newest `last*.ckpt`). FSDP runs with
-`state_dict_type: sharded` write checkpoint folders; consolidate one first, which writes `<folder>.consolidated`
-beside it, and pass that file:
-
-    python -m lightning.pytorch.utilities.consolidate_checkpoint outputs/run/version_0/checkpoints/last.ckpt
-    python scripts/export.py --checkpoint outputs/run/version_0/checkpoints/last.ckpt.consolidated \
-        --output models/merv
+The options are `merv export`'s (`--help` lists them; FSDP checkpoints are consolidated first, see
+`merv.cli.export`). The earlier spellings `--checkpoint` (for `--model`) and `--merge-lora` (for
+`--merge_lora`) still work; `--model` and `--merge_lora` are canonical.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
+import sys
 
-from merv.models.loading import load_checkpoint_model
+from merv.cli import rename_flags
+from merv.cli.export import main as export_main
+
+FORMER_FLAGS = {"--checkpoint": "--model", "--merge-lora": "--merge_lora"}
 
 
-def main(argv: list[str] | None = None) -> str:
-    p = argparse.ArgumentParser(description="Export a merv training checkpoint with save_pretrained.")
-    p.add_argument(
-        "--checkpoint", required=True, help="a .ckpt file, a consolidated FSDP checkpoint or a run directory"
-    )
-    p.add_argument("--output", required=True, help="directory to write (config.json, model.safetensors, llm/)")
-    p.add_argument("--merge-lora", action="store_true", help="fold LoRA adapters into the LLM weights")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model = load_checkpoint_model(args.checkpoint)
-    model.save_pretrained(args.output, merge_lora=args.merge_lora)
-    print(f"exported {args.checkpoint} to {args.output}")
-    return args.output
+def main(argv: list[str] | None = None) -> int:
+    return export_main(rename_flags(sys.argv[1:] if argv is None else argv, FORMER_FLAGS))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
