@@ -48,8 +48,7 @@ def test_console_script_is_the_dispatcher():
 
 
 def test_help_lists_every_command_with_its_summary(capsys):
-    assert main(["--help"]) == 0
-    out = capsys.readouterr().out
+    out = help_text([], capsys)
     assert out.startswith("usage: merv")
     for name, command in COMMANDS.items():
         assert re.search(rf"^\s+{name}\s+{re.escape(command.summary[:40])}", out, flags=re.M), name
@@ -57,7 +56,7 @@ def test_help_lists_every_command_with_its_summary(capsys):
 
 
 def test_no_command_shows_the_overview_and_fails(capsys):
-    assert main([]) == 2
+    assert exit_code([]) == 2
     assert "<command>" in capsys.readouterr().err
 
 

@@ -73,12 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after `merv`; None reads `sys.argv`.
 
     Returns:
-        The exit status: 0 on success. Parse errors exit through `SystemExit`, as argparse does.
+        The exit status of the command: 0 on success. `--help` and usage errors exit through `SystemExit`,
+        as argparse does.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
+        # As argparse does: help exits with 0; no command at all is a usage error, with the overview.
         _overview().print_help(sys.stdout if args else sys.stderr)
-        return 0 if args else 2
+        raise SystemExit(0 if args else 2)
     name, rest = args[0], args[1:]
     if name in TRAINING or name.startswith("-"):
         from merv.cli.train import main as train
