@@ -1,6 +1,7 @@
 #!/bin/bash
 # Shared launcher for the sbatch scripts: picks the run dir, decides how to resume, and starts one
-# process per GPU with srun. Extra arguments are passed to `merv.cli fit` (e.g. --trainer.strategy fsdp).
+# process per GPU with srun. Extra arguments are passed to `merv fit` (e.g. --trainer.strategy fsdp), started as
+# `$PYTHON -m merv.cli fit` so that the nodes need no console script on their PATH.
 set -euo pipefail
 : "${CONFIG:?set CONFIG to an experiment yaml}"
 RUN_DIR=${RUN_DIR:-outputs/${SLURM_JOB_NAME}-${SLURM_JOB_ID}}
