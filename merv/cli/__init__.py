@@ -38,9 +38,6 @@ class Command(NamedTuple):
     summary: str
 
 
-TRAINING = ("fit", "validate", "test")
-"""Subcommands of the LightningCLI; it receives the whole command line, subcommand included."""
-
 COMMANDS: dict[str, Command] = {
     "fit": Command("merv.cli.train", "train a model (LightningCLI: --config a.yaml [--config b.yaml] [--x.y v])"),
     "validate": Command("merv.cli.train", "run the validation loop of a configured model"),
@@ -50,6 +47,9 @@ COMMANDS: dict[str, Command] = {
     "export": Command("merv.cli.export", "write a training checkpoint as a directory that loads without Lightning"),
     "chat": Command("merv.cli.chat", "ask a model a question about a video"),
 }
+
+TRAINING = tuple(name for name, command in COMMANDS.items() if command.module == "merv.cli.train")
+"""Subcommands of the LightningCLI; it receives the whole command line, subcommand included."""
 
 
 def _overview() -> argparse.ArgumentParser:

@@ -10,15 +10,12 @@ with `state_dict_type: sharded` write checkpoint folders; consolidate one first,
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from merv.cli import COMMANDS, config_parser, parse_config
 from merv.models.loading import load_vid
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,7 +38,6 @@ def export(cfg: ExportConfig) -> Path:
     """Load `cfg.model` and write it with `save_pretrained`; return the output directory."""
     model = load_vid(cfg.model)
     model.save_pretrained(cfg.output, merge_lora=cfg.merge_lora)
-    logger.info("exported %s to %s", cfg.model, cfg.output)
     return Path(cfg.output)
 
 
@@ -53,7 +49,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ExportConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`merv export`: export, then say where to."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = parse_args(argv)
     print(f"exported {cfg.model} to {export(cfg)}")
     return 0
