@@ -488,3 +488,59 @@ def test_reader_errors_are_the_data_layer_error_and_locate_the_answer_record(tmp
     )
     with pytest.raises(AnnotationError, match=r"mme.json: record 0, field 'videoID': expected text, got list"):
         get_task("videomme").load(video)
+
+
+@pytest.mark.parametrize("name", list_tasks())
+def test_every_registered_task_has_its_own_family_module_and_loads_by_name(name, tmp_path):
+    task = get_task(name)
+    assert task.name == name and task.kind in ("mcq", "openended") and task.description
+    module = task.reader.__module__
+    assert module.startswith("merv.eval.tasks.") and module.rsplit(".", 1)[1] not in ("base", "reading")
+    with pytest.raises(FileNotFoundError, match=name):
+        task.load(tmp_path / "missing.json")
+
+
+def readme_benchmark() -> str:
+    """The example module of README's "Add a benchmark in one file"."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Add a benchmark in one file", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_a_task_registered_in_a_new_module_is_found_and_runs(tmp_path, monkeypatch):
+    """Adding a benchmark is one file: importing it registers the task for the registry and the runner."""
+    from merv.eval.runner import EvalConfig, evaluate
+    from merv.eval.tasks import base
+
+    (tmp_path / "my_benchmark.py").write_text(readme_benchmark())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(base, "_TASKS", dict(base._TASKS))
+    monkeypatch.setattr(base, "_ALIASES", dict(base._ALIASES))
+    import importlib
+
+    importlib.import_module("my_benchmark")
+    monkeypatch.delitem(__import__("sys").modules, "my_benchmark")
+    assert "mybench" in list_tasks("mcq") and get_task("My-Bench").name == "mybench"
+
+    row = {"id": "a", "video": "a", "question": "Which?", "options": ["A. cat", "B. dog"], "answer": "B"}
+    questions = write_jsonl(tmp_path / "q.jsonl", [row])
+    touch(tmp_path / "a.mp4")
+
+    class AnswersB:
+        def get_prompt_builder(self):
+            class B:
+                def add_turn(self, role, message):
+                    self.message = message
+
+                def get_prompt(self):
+                    return self.message
+
+            return B()
+
+        def generate(self, video, prompt, **kwargs):
+            assert prompt.endswith("A. cat\nB. dog\nAnswer with the option's letter from the given choices directly.")
+            return "(B)"
+
+    cfg = EvalConfig(task="mybench", question_file=questions, video_root=tmp_path, output_dir=tmp_path / "out")
+    report = evaluate(AnswersB(), cfg).report
+    assert report["task"] == "mybench" and report["accuracy"] == 1.0
