@@ -10,11 +10,11 @@ from merv.data.formats import RecordLocation
 from merv.eval.tasks import (
     NEXTQA_COLUMNS,
     AnnotationError,
+    answer_option_index,
     build_mcq_prompt,
     file_identity,
     get_task,
     list_tasks,
-    normalize_answer,
     strip_option_prefixes,
 )
 
@@ -437,19 +437,19 @@ def test_missing_file_and_invalid_json(tmp_path):
         (None, "index", None),
     ],
 )
-def test_normalize_answer_forms(value, kind, expected):
+def test_answer_option_index_forms(value, kind, expected):
     options = ["bark at cat", "chase ball", "lie down"]
-    assert normalize_answer(value, options, kind, RecordLocation(Path("f.json"), "record 0")) == expected
+    assert answer_option_index(value, options, kind, RecordLocation(Path("f.json"), "record 0")) == expected
 
 
-def test_normalize_answer_prefers_option_text_in_auto_mode_and_rejects_nonsense():
+def test_answer_option_index_prefers_option_text_in_auto_mode_and_rejects_nonsense():
     at = RecordLocation(Path("f.json"), "line 4")
-    assert normalize_answer("3", ["2", "3", "4"], "auto", at) == 1
-    assert normalize_answer("3", ["2", "3", "4", "5"], "index", at) == 3
+    assert answer_option_index("3", ["2", "3", "4"], "auto", at) == 1
+    assert answer_option_index("3", ["2", "3", "4", "5"], "index", at) == 3
     with pytest.raises(AnnotationError, match="^f.json: line 4, field 'answer': answer 'maybe' is not a valid letter"):
-        normalize_answer("maybe", ["x", "y"], "letter", at)
+        answer_option_index("maybe", ["x", "y"], "letter", at)
     with pytest.raises(AnnotationError, match="^f.json: line 4, field 'label': answer index 4 out of range"):
-        normalize_answer("E", ["x", "y"], "letter", at, "label")
+        answer_option_index("E", ["x", "y"], "letter", at, "label")
 
 
 def test_strip_option_prefixes_only_when_all_are_consistent():

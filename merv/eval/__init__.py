@@ -39,9 +39,9 @@ from merv.eval.tasks import (
     AnnotationError,
     EvalItem,
     EvalTask,
+    answer_option_index,
     get_task,
     list_tasks,
-    normalize_answer,
     register_task,
 )
 
@@ -68,7 +68,7 @@ __all__ = [
     "judge_predictions",
     "list_tasks",
     "merge_chunks",
-    "normalize_answer",
+    "answer_option_index",
     "normalize_answer_text",
     "parse_mcq_answer",
     "parse_verdict",

@@ -22,7 +22,7 @@ from merv.eval.tasks.base import (
     list_tasks,
     register_task,
 )
-from merv.eval.tasks.reading import VideoResolver, file_identity, normalize_answer, strip_option_prefixes
+from merv.eval.tasks.reading import VideoResolver, answer_option_index, file_identity, strip_option_prefixes
 
 # Importing a family module registers its tasks; `base` and `reading` register none.
 for _module in pkgutil.iter_modules(__path__):
@@ -46,7 +46,7 @@ __all__ = [
     "file_identity",
     "get_task",
     "list_tasks",
-    "normalize_answer",
+    "answer_option_index",
     "register_task",
     "strip_option_prefixes",
 ]

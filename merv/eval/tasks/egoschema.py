@@ -8,8 +8,8 @@ from merv.data.formats import AnnotationError, RecordLocation, get_field, read_r
 from merv.eval.tasks.base import EvalItem, TaskSource, register_task
 from merv.eval.tasks.reading import (
     VideoResolver,
+    answer_option_index,
     mcq_item,
-    normalize_answer,
     object_or_rows,
     option_columns,
     options_list,
@@ -41,9 +41,9 @@ def read_egoschema(source: TaskSource) -> list[EvalItem]:
         options = options_list(at, rec["option"], "option") if "option" in rec else option_columns(at, rec, "option ")
         if answers is not None:
             answer_at, answer = answers[uid]
-            answer_index = normalize_answer(answer, options, "index", answer_at)
+            answer_index = answer_option_index(answer, options, "index", answer_at)
         else:
-            answer_index = normalize_answer(rec.get("answer"), options, "auto", at)
+            answer_index = answer_option_index(rec.get("answer"), options, "auto", at)
         items.append(
             mcq_item(
                 id=uid,

@@ -13,10 +13,10 @@ from merv.eval.tasks.reading import (
     TYPE_KEYS,
     VIDEO_KEYS,
     VideoResolver,
+    answer_option_index,
     joined_rows,
     load_answer_table,
     mcq_item,
-    normalize_answer,
     option_columns,
     options_list,
     read_question_answer_pairs,
@@ -38,7 +38,7 @@ def _generic_options(at: RecordLocation, rec: Mapping[str, Any]) -> list[str]:
 def _generic_answer(at: RecordLocation, rec: Mapping[str, Any], options: list[str]) -> int | None:
     for key, kind in (("answer_id", "index"), ("answer_idx", "index"), ("label", "index"), ("answer", "auto")):
         if rec.get(key) not in (None, ""):
-            return normalize_answer(rec[key], options, kind, at, key)
+            return answer_option_index(rec[key], options, kind, at, key)
     return None
 
 

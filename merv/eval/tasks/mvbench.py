@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from merv.data.formats import AnnotationError, get_field, parse_number, read_rows
 from merv.eval.tasks.base import EvalItem, TaskSource, register_task
-from merv.eval.tasks.reading import VideoResolver, mcq_item, normalize_answer, options_list
+from merv.eval.tasks.reading import VideoResolver, answer_option_index, mcq_item, options_list
 
 # Where each MVBench task keeps its videos, relative to the MVBench video root.
 MVBENCH_VIDEO_DIRS: dict[str, str] = {
@@ -60,7 +60,7 @@ def read_mvbench(source: TaskSource) -> list[EvalItem]:
                     video=resolver.resolve(get_field(at, rec, "video", "text"), subdirs),
                     question=get_field(at, rec, "question", "text"),
                     options=options,
-                    answer_index=normalize_answer(rec.get("answer"), options, "text", at),
+                    answer_index=answer_option_index(rec.get("answer"), options, "text", at),
                     question_type=subtask,
                     start=parse_number(at, rec.get("start"), "start", required=False),
                     end=parse_number(at, rec.get("end"), "end", required=False),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from merv.data.formats import AnnotationError, get_field, read_json, read_rows
 from merv.eval.tasks.base import EvalItem, TaskSource, register_task
-from merv.eval.tasks.reading import VideoResolver, mcq_item, normalize_answer, option_columns
+from merv.eval.tasks.reading import VideoResolver, answer_option_index, mcq_item, option_columns
 
 #: Columns of the NExT-QA multiple-choice CSV files.
 NEXTQA_COLUMNS: tuple[str, ...] = (
@@ -66,7 +66,7 @@ def read_nextqa(source: TaskSource) -> list[EvalItem]:
                 video=resolver.resolve(vmap.get(video, video)),
                 question=get_field(at, rec, "question", "text"),
                 options=options,
-                answer_index=normalize_answer(rec.get("answer"), options, "index", at),
+                answer_index=answer_option_index(rec.get("answer"), options, "index", at),
                 question_type=rec.get("type") or None,
             )
         )

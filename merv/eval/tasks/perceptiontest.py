@@ -7,7 +7,7 @@ from typing import Any
 
 from merv.data.formats import RecordLocation, get_field
 from merv.eval.tasks.base import EvalItem, TaskSource, register_task
-from merv.eval.tasks.reading import VideoResolver, mcq_item, normalize_answer, object_or_rows, options_list
+from merv.eval.tasks.reading import VideoResolver, answer_option_index, mcq_item, object_or_rows, options_list
 
 
 @register_task(
@@ -49,7 +49,7 @@ def read_perceptiontest(source: TaskSource) -> list[EvalItem]:
                 video=resolver.resolve(video_id),
                 question=get_field(at, q, "question", "text"),
                 options=options,
-                answer_index=normalize_answer(q.get("answer_id"), options, "index", at, "answer_id"),
+                answer_index=answer_option_index(q.get("answer_id"), options, "index", at, "answer_id"),
                 question_type=q.get("area") or None,
                 extra={k: q[k] for k in ("reasoning", "tag") if k in q},
             )

@@ -94,7 +94,7 @@ def _norm(text: str) -> str:
 AnswerKind = Literal["index", "letter", "text", "auto"]
 
 
-def normalize_answer(
+def answer_option_index(
     value: Any, options: list[str], kind: AnswerKind, at: RecordLocation, field: str = "answer"
 ) -> int | None:
     """Turn an answer given as an index, index string, letter or option text into a 0-based index.
@@ -288,7 +288,9 @@ def read_record_fields(source: TaskSource, fields: RecordFields) -> list[EvalIte
                 video=resolver.resolve(get_field(at, rec, fields.video, "text"), fields.video_subdirs),
                 question=get_field(at, rec, fields.question, "text") if fields.question else fields.fixed_question,
                 options=options,
-                answer_index=normalize_answer(rec.get(fields.answer), options, fields.answer_kind, at, fields.answer),
+                answer_index=answer_option_index(
+                    rec.get(fields.answer), options, fields.answer_kind, at, fields.answer
+                ),
                 question_type=(rec.get(fields.question_type) or None) if fields.question_type else None,
                 start=start,
                 end=end,
