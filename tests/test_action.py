@@ -496,12 +496,12 @@ def test_evaluate_writes_predictions_report_and_png(omnifall, tmp_path):
 
 def test_unreadable_clips_are_skipped_counted_and_fail_past_the_limit(omnifall, tmp_path):
     broken = str(omnifall.parent / "video" / "s2" / "c.mp4")
-    cfg = ActionEvalConfig(labels=omnifall, output_dir=tmp_path, mode="loglik", max_skip_rate=0.5)
+    cfg = ActionEvalConfig(labels=omnifall, output_dir=tmp_path, mode="loglik", max_skip_fraction=0.5)
     report = evaluate_action(ScriptedModel(nll={"fall": 0.1}, broken={broken}), cfg)
     assert report["counts"]["skipped"] == 1 and report["counts"]["evaluated"] == 5
     lines = (tmp_path / "loglik_predictions.jsonl").read_text().splitlines()
     assert sum("skipped" in json.loads(x) for x in lines) == 1
-    strict = ActionEvalConfig(labels=omnifall, output_dir=tmp_path / "strict", mode="loglik", max_skip_rate=0.1)
+    strict = ActionEvalConfig(labels=omnifall, output_dir=tmp_path / "strict", mode="loglik", max_skip_fraction=0.1)
     with pytest.raises(SkipRateError, match="1 of 6 clips"):
         evaluate_action(ScriptedModel(nll={"fall": 0.1}, broken={broken}), strict)
     assert (tmp_path / "strict" / "loglik_report.json").is_file()  # written before failing

@@ -295,17 +295,17 @@ def test_merge_refuses_gaps_duplicates_and_missing_chunks(tmp_path):
 
 def test_missing_videos_are_skipped_and_counted_and_a_high_rate_fails(tmp_path):
     write_nextqa(tmp_path, n=10, missing_videos=1)  # last video (2 questions) missing
-    outcome = evaluate(FakeModel(), cfg_for(tmp_path, "ok", max_skip_rate=0.25))
+    outcome = evaluate(FakeModel(), cfg_for(tmp_path, "ok", max_skip_fraction=0.25))
     skipped = [r for r in outcome.chunk.records if r["status"] == "skipped"]
     assert len(skipped) == 2 and "video not found" in skipped[0]["error"]
     assert outcome.report["counts"]["skipped"] == 2
     assert all(r["correct"] is False for r in skipped)
     with pytest.raises(SkipRateError, match="2 of 10 videos"):
-        evaluate(FakeModel(), cfg_for(tmp_path, "strict", max_skip_rate=0.1))
+        evaluate(FakeModel(), cfg_for(tmp_path, "strict", max_skip_fraction=0.1))
     # Once the videos exist, a rerun retries only the skipped items.
     (tmp_path / "videos" / "1004.mp4").write_bytes(b"\x00")
     model = FakeModel()
-    outcome = evaluate(model, cfg_for(tmp_path, "ok", max_skip_rate=0.25))
+    outcome = evaluate(model, cfg_for(tmp_path, "ok", max_skip_fraction=0.25))
     assert model.calls == 2 and outcome.report["counts"]["skipped"] == 0
 
 
@@ -639,3 +639,20 @@ def test_eval_package_does_not_import_lightning():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_training_and_evaluation_share_one_skip_limit():
+    import inspect
+
+    from merv.data.dataset import MAX_SKIP_FRACTION, SkipCounter, VideoTextDataset
+    from merv.eval.action import ActionEvalConfig
+    from merv.lit.data import MERVDataModule
+
+    defaults = {
+        "counter": SkipCounter().max_skip_fraction,
+        "dataset": inspect.signature(VideoTextDataset).parameters["max_skip_fraction"].default,
+        "data module": inspect.signature(MERVDataModule).parameters["max_skip_fraction"].default,
+        "eval": EvalConfig(task="nextqa", question_file="q.csv").max_skip_fraction,
+        "action eval": ActionEvalConfig(labels="labels.csv").max_skip_fraction,
+    }
+    assert set(defaults.values()) == {MAX_SKIP_FRACTION}, defaults

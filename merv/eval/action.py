@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from merv.data.dataset import SkipRateError
+from merv.data.dataset import MAX_SKIP_FRACTION, SkipRateError
 from merv.data.formats import FORMATS, OMNIFALL_CLASSES, VIDEO_TOKEN, AnnotationError, load_annotations, normalize_label
 from merv.eval.cli import default_output_dir, load_model
 from merv.eval.metrics import (
@@ -815,7 +815,7 @@ class ActionEvalConfig:
         output_dir: where predictions, the report and the confusion-matrix PNG go.
         model_path: recorded in the report.
         limit: evaluate only the first `limit` records.
-        max_skip_rate: fail once more than this fraction of clips could not be decoded.
+        max_skip_fraction: fail once more than this fraction of clips could not be decoded.
     """
 
     labels: str | os.PathLike
@@ -840,7 +840,7 @@ class ActionEvalConfig:
     output_dir: str | os.PathLike = "eval_results/action"
     model_path: str | None = None
     limit: int | None = None
-    max_skip_rate: float = 0.2
+    max_skip_fraction: float = MAX_SKIP_FRACTION
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -849,8 +849,8 @@ class ActionEvalConfig:
             raise ValueError(f"exemplars must be 'random' or 'similar', got {self.exemplars!r}")
         if self.mode == "few-shot" and self.k < 1:
             raise ValueError(f"few-shot needs k >= 1, got {self.k}")
-        if not 0.0 <= self.max_skip_rate <= 1.0:
-            raise ValueError(f"max_skip_rate must be within [0, 1], got {self.max_skip_rate}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be within [0, 1], got {self.max_skip_fraction}")
 
     @property
     def run_name(self) -> str:
@@ -908,7 +908,7 @@ def evaluate_action(
     """Predict every clip, write `<run>_predictions.jsonl`, `<run>_report.json` and `<run>_confusion.png`.
 
     Predictions are written line by line as they are made (each run starts the file afresh). Clips whose
-    video cannot be decoded are recorded as skipped and left out of the metrics; past `max_skip_rate` the
+    video cannot be decoded are recorded as skipped and left out of the metrics; past `max_skip_fraction` the
     run fails after writing its files.
 
     Args:
@@ -1006,10 +1006,10 @@ def evaluate_action(
     report["elapsed_s"] = round(time.perf_counter() - started, 2)
     write_json_atomic(out_dir / f"{name}_report.json", report)
     total = len(records)
-    if total and len(skipped) / total > cfg.max_skip_rate:
+    if total and len(skipped) / total > cfg.max_skip_fraction:
         raise SkipRateError(
             f"{len(skipped)} of {total} clips ({len(skipped) / total:.1%}) could not be decoded, more than "
-            f"max_skip_rate={cfg.max_skip_rate:.1%}; first: {skipped[0]['video']}"
+            f"max_skip_fraction={cfg.max_skip_fraction:.1%}; first: {skipped[0]['video']}"
         )
     return report
 
@@ -1131,7 +1131,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", default=None, help="default eval_results/<model name>/action")
     p.add_argument("--max_new_tokens", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N clips only")
-    p.add_argument("--max_skip_rate", type=float, default=0.2)
+    p.add_argument("--max_skip_fraction", type=float, default=MAX_SKIP_FRACTION)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
     p.add_argument("--tensorboard_dir", default=None, help="also log the metrics and confusion matrix here")
@@ -1171,7 +1171,7 @@ def eval_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         output_dir=args.output_dir or default_output_dir(args.model_path) / "action",
         model_path=args.model_path,
         limit=args.limit,
-        max_skip_rate=args.max_skip_rate,
+        max_skip_fraction=args.max_skip_fraction,
     )
     report = evaluate_action(model, cfg)
     if args.tensorboard_dir:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from merv.data.dataset import MAX_SKIP_FRACTION
 from merv.eval.judge import JudgeCache, LocalHFJudge, OpenAIChatJudge, judge_report
 from merv.eval.runner import (
     STRATEGIES,
@@ -150,7 +151,10 @@ def _run_parser(description: str, kind: str) -> argparse.ArgumentParser:
         "--max_new_tokens", type=int, default=None, help="generation length (default 16 for MCQ, 128 open-ended)"
     )
     p.add_argument(
-        "--max_skip_rate", type=_positive_fraction, default=0.2, help="fail when more videos than this are unreadable"
+        "--max_skip_fraction",
+        type=_positive_fraction,
+        default=MAX_SKIP_FRACTION,
+        help="fail when a larger fraction of videos is unreadable",
     )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
     p.add_argument("--device", default=None, help="torch device (default cuda if available)")
@@ -187,7 +191,7 @@ def _config_from_args(args: argparse.Namespace, strategy: str = "naive") -> Eval
         max_new_tokens=args.max_new_tokens,
         num_chunks=args.num_chunks,
         chunk_idx=args.chunk_idx,
-        max_skip_rate=args.max_skip_rate,
+        max_skip_fraction=args.max_skip_fraction,
         limit=args.limit,
     )
 

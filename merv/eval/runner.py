@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from merv.data.dataset import SkipRateError
+from merv.data.dataset import MAX_SKIP_FRACTION, SkipRateError
 from merv.eval.judge import string_match_report, type_label
 from merv.eval.parsing import LETTERS, parse_mcq_answer
 from merv.eval.tasks import (
@@ -88,7 +88,7 @@ class EvalConfig:
         max_new_tokens: generation length; None = 16 for MCQ, 128 for open-ended.
         num_chunks: how many chunks the task is split into.
         chunk_idx: which chunk this run computes (0-based).
-        max_skip_rate: fraction of unreadable videos above which the run fails.
+        max_skip_fraction: fraction of unreadable videos above which the run fails.
         limit: evaluate only the first `limit` items (quick checks); None = all.
     """
 
@@ -102,7 +102,7 @@ class EvalConfig:
     max_new_tokens: int | None = None
     num_chunks: int = 1
     chunk_idx: int = 0
-    max_skip_rate: float = 0.2
+    max_skip_fraction: float = MAX_SKIP_FRACTION
     limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -112,8 +112,8 @@ class EvalConfig:
             raise ValueError(f"num_chunks must be at least 1, got {self.num_chunks}")
         if not 0 <= self.chunk_idx < self.num_chunks:
             raise ValueError(f"chunk_idx must be in 0..{self.num_chunks - 1}, got {self.chunk_idx}")
-        if not 0.0 <= self.max_skip_rate <= 1.0:
-            raise ValueError(f"max_skip_rate must be within [0, 1], got {self.max_skip_rate}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be within [0, 1], got {self.max_skip_fraction}")
 
 
 def decoding_settings(cfg: EvalConfig, task: EvalTask) -> dict[str, Any]:
@@ -394,7 +394,7 @@ def run_chunk(model: Any, cfg: EvalConfig, items: Sequence[EvalItem] | None = No
 
     Raises:
         ResumeMismatchError: the existing chunk was made with other settings, data or model.
-        SkipRateError: more than `max_skip_rate` of the chunk's videos could not be read.
+        SkipRateError: more than `max_skip_fraction` of the chunk's videos could not be read.
     """
     task = get_task(cfg.task)
     if items is None:
@@ -444,10 +444,10 @@ def run_chunk(model: Any, cfg: EvalConfig, items: Sequence[EvalItem] | None = No
     skipped = sum(r["status"] == "skipped" for r in records)
     if skipped:
         log.warning("%s: %d of %d items skipped (unreadable videos)", pred_file, skipped, len(records))
-    if records and skipped / len(records) > cfg.max_skip_rate:
+    if records and skipped / len(records) > cfg.max_skip_fraction:
         raise SkipRateError(
             f"{skipped} of {len(records)} videos in chunk {cfg.chunk_idx} could not be read "
-            f"(more than max_skip_rate={cfg.max_skip_rate}); check --video_root. Reasons are in {pred_file}"
+            f"(more than max_skip_fraction={cfg.max_skip_fraction}); check --video_root. Reasons are in {pred_file}"
         )
     return ChunkResult(pred_file, records, computed, skipped)
 
