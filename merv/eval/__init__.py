@@ -1,9 +1,11 @@
 """Benchmark evaluation: registered tasks, MCQ answer parsing, open-ended judges, the chunked runner, reports.
 
-`merv.eval` depends on `merv.models` and `merv.data` only (never on Lightning); `scripts/eval_*.py` are thin
-command-line wrappers over `merv.eval.runner` and `merv.eval.judge`.
+`merv.eval` depends on `merv.video`, `merv.models` and `merv.data` only (never on Lightning). Every task kind
+(multiple choice, open-ended, label classification) runs through `merv.eval.runner`.
 """
 
+# `merv.eval.action` registers the `action` report kind with the runner.
+from merv.eval.action import ActionEvalConfig, evaluate_action
 from merv.eval.judge import (
     JUDGE_PROMPT_VERSION,
     JudgeCache,
@@ -46,6 +48,8 @@ from merv.eval.tasks import (
 )
 
 __all__ = [
+    "ActionEvalConfig",
+    "evaluate_action",
     "JUDGE_PROMPT_VERSION",
     "AnnotationError",
     "EvalConfig",

@@ -306,7 +306,7 @@ def openended_main(argv: Sequence[str] | None = None) -> str | None:
     name = run_name(task, cfg)
     if args.merge_only:
         merge_chunks(cfg.output_dir, name, cfg.num_chunks)
-        report = write_report(cfg.output_dir, name, task)
+        report = write_report(cfg.output_dir, name)
     else:
         report = evaluate(load_model(args.model_path, args.device, args.dtype, args.video_cache, cfg.task), cfg).report
     if report is None:
