@@ -12,7 +12,7 @@ processes; a killed run resumes. Outputs go to --output_dir as `<run>_pred_<n>_<
 """
 
 from merv.eval.action import eval_main, summary_line
-from merv.eval.cli import run_script
+from merv.eval.merv_flags import run_script
 
 
 def render(report: dict | None) -> str:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from merv.eval.cli import default_output_dir, gpt_main, mcq_main, openended_main
+from merv.eval.loading import default_output_dir
+from merv.eval.merv_flags import gpt_main, mcq_main, openended_main
 from merv.eval.runner import (
     EvalConfig,
     MergeError,
@@ -372,7 +373,7 @@ def test_openended_run_writes_video_llava_style_records_and_string_match(tmp_pat
 
 def test_scripts_with_fake_model_and_match_judge(tmp_path, monkeypatch):
     q, a = write_msvd(tmp_path / "data" / "msvd")
-    monkeypatch.setattr("merv.eval.cli.load_model", lambda *args, **kw: FakeModel())
+    monkeypatch.setattr("merv.eval.commands.load_model", lambda *args, **kw: FakeModel())
     out = tmp_path / "res"
     common = [
         "--model_path",
@@ -415,7 +416,7 @@ def test_scripts_with_fake_model_and_match_judge(tmp_path, monkeypatch):
 
 def test_mcq_script_merge_only_and_wrong_kind(tmp_path, monkeypatch):
     write_nextqa(tmp_path, n=6)
-    monkeypatch.setattr("merv.eval.cli.load_model", lambda *args, **kw: FakeModel())
+    monkeypatch.setattr("merv.eval.commands.load_model", lambda *args, **kw: FakeModel())
     base = [
         "--model_path",
         "m",
@@ -454,7 +455,7 @@ def test_models_get_distinct_default_output_dirs(tmp_path, monkeypatch):
 
     # Two exported models, both named `model`, evaluated with the default output dir: no collision.
     write_nextqa(tmp_path, n=4)
-    monkeypatch.setattr("merv.eval.cli.load_model", lambda *args, **kw: FakeModel())
+    monkeypatch.setattr("merv.eval.commands.load_model", lambda *args, **kw: FakeModel())
     question = ["--eval_dataset", "nextqa", "--filename_question", str(tmp_path / "nextqa.csv"),
                 "--video_root", str(tmp_path / "videos")]  # fmt: skip
     for run in ("a", "b"):
@@ -634,7 +635,7 @@ def test_eval_package_does_not_import_lightning():
     import sys
 
     code = (
-        "import sys, merv.eval, merv.eval.cli, merv.eval.__main__; "
+        "import sys, merv.eval, merv.eval.merv_flags, merv.eval.commands, merv.eval.__main__; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]; print(bad); sys.exit(bool(bad))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 from merv.data.dataset import MAX_SKIP_FRACTION, SkipRateError
 from merv.eval.judge import string_match_report, type_label
+from merv.eval.loading import default_output_dir
 from merv.eval.parsing import LETTERS, parse_mcq_answer
 from merv.eval.tasks import (
     MCQ_PROMPT_VERSION,
@@ -82,7 +83,8 @@ class EvalConfig:
         question_file: annotation file (or folder for MVBench).
         answer_file: separate answer file, where the format has one.
         video_root: folder that video names are relative to.
-        output_dir: where prediction chunks, the merged file and the report go.
+        output_dir: where prediction chunks, the merged file and the report go; None = `eval_results/<model
+            name>` (see `default_output_dir`), or `eval_results` when no `model_path` is given.
         model_path: recorded in the results (the runner receives the loaded model).
         strategy: MCQ strategy: `naive` (generate, parse a letter) or `loglik` (lowest option NLL).
         max_new_tokens: generation length; None = 16 for MCQ, 128 for open-ended.
@@ -96,7 +98,7 @@ class EvalConfig:
     question_file: str | os.PathLike
     answer_file: str | os.PathLike | None = None
     video_root: str | os.PathLike | None = None
-    output_dir: str | os.PathLike = "eval_results"
+    output_dir: str | os.PathLike | None = None
     model_path: str | None = None
     strategy: Strategy = "naive"
     max_new_tokens: int | None = None
@@ -106,6 +108,8 @@ class EvalConfig:
     limit: int | None = None
 
     def __post_init__(self) -> None:
+        if self.output_dir is None:
+            self.output_dir = str(default_output_dir(self.model_path)) if self.model_path else "eval_results"
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.num_chunks < 1:

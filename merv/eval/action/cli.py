@@ -15,13 +15,13 @@ from typing import Any
 
 from merv.data.dataset import MAX_SKIP_FRACTION
 from merv.eval.action.data import load_action_records, write_instruction_file
-from merv.eval.action.evaluation import ActionEvalConfig, evaluate_action, log_report_to_tensorboard
+from merv.eval.action.evaluation import ActionEvalConfig
 from merv.eval.action.labels import parse_class_list, parse_label_map
 from merv.eval.action.predict import MODES
-from merv.eval.cli import default_output_dir, load_model
+from merv.eval.commands import run_action
+from merv.eval.loading import ModelConfig
 from merv.eval.metrics import DEFAULT_POSITIVE
 from merv.eval.runner import summary_line
-from merv.video import PixelMemory
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
 def eval_main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Parse flags, load the model, evaluate one chunk; returns the report once every chunk has finished."""
     args = build_eval_parser().parse_args(argv)
-    model = load_model(args.model_path, args.device, args.dtype, args.video_cache, f"action-{Path(args.labels).stem}")
-    if args.mode == "few-shot" and not args.video_cache:
-        # Every query's prompt repeats exemplar clips: keep the recently decoded ones in memory.
-        model.processor.pixel_cache = PixelMemory(max_items=128)  # ~0.9 GB of merv-full clips
+    model = ModelConfig(args.model_path, args.device, args.dtype, args.video_cache)
     cfg = ActionEvalConfig(
         labels=args.labels,
         format=args.format,
@@ -96,17 +93,14 @@ def eval_main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         positive=_csv_arg(args.positive) or [],
         unparsed_as=args.unparsed_as,
         breakdown=_csv_arg(args.breakdown) or ["none"],
-        output_dir=args.output_dir or default_output_dir(args.model_path) / "action",
+        output_dir=args.output_dir,
         model_path=args.model_path,
         limit=args.limit,
         max_skip_fraction=args.max_skip_fraction,
         num_chunks=args.num_chunks,
         chunk_idx=args.chunk_idx,
     )
-    report = evaluate_action(model, cfg)
-    if report is not None and args.tensorboard_dir:
-        log_report_to_tensorboard(report, args.tensorboard_dir)
-    return report
+    return run_action(model, cfg, args.tensorboard_dir)
 
 
 def prepare_main(argv: Sequence[str] | None = None) -> list[Path]:

@@ -20,6 +20,7 @@ from merv.data.formats import normalize_label
 from merv.eval.action.data import ActionTask, load_action_records
 from merv.eval.action.exemplars import ActionModel, ExemplarSelector, ExemplarStrategy, clip_embedding
 from merv.eval.action.predict import DEFAULT_MAX_NEW_TOKENS, MODES, PROMPT_VERSION, Mode, predict_record
+from merv.eval.loading import default_output_dir
 from merv.eval.metrics import (
     DEFAULT_POSITIVE,
     auto_breakdown_columns,
@@ -59,7 +60,9 @@ class ActionEvalConfig:
         unparsed_as: how unparsed replies count in the binary view (`error` or `negative`).
         breakdown: metadata columns to break metrics down by; `("auto",)` = those present (dataset, cam,
             subject, demographics) with at least two values.
-        output_dir: where predictions, the report and the confusion-matrix PNG go.
+        output_dir: where predictions, the report and the confusion-matrix PNG go; None =
+            `eval_results/<model name>/action` (see `default_output_dir`), or `eval_results/action` without a
+            `model_path`.
         model_path: recorded in the report.
         limit: evaluate only the first `limit` records.
         max_skip_fraction: fail (after writing the files) once more than this fraction of clips could not be decoded.
@@ -86,7 +89,7 @@ class ActionEvalConfig:
     positive: Sequence[str] = DEFAULT_POSITIVE
     unparsed_as: Literal["error", "negative"] = "error"
     breakdown: Sequence[str] = ("auto",)
-    output_dir: str | os.PathLike = "eval_results/action"
+    output_dir: str | os.PathLike | None = None
     model_path: str | None = None
     limit: int | None = None
     max_skip_fraction: float = MAX_SKIP_FRACTION
@@ -94,6 +97,9 @@ class ActionEvalConfig:
     chunk_idx: int = 0
 
     def __post_init__(self) -> None:
+        if self.output_dir is None:
+            root = default_output_dir(self.model_path) if self.model_path else Path("eval_results")
+            self.output_dir = str(root / "action")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.exemplars not in ("random", "similar"):
