@@ -22,7 +22,6 @@ from merv.eval.action import (
     load_action_records,
     oversample_classes,
     parse_class_list,
-    parse_label,
     parse_label_map,
     predict_record,
     prepare_main,
@@ -31,6 +30,12 @@ from merv.eval.action import (
 )
 from merv.models.prompting import PromptBuilder, PromptFormat
 from merv.video import VideoDecodeError
+
+
+def parse_label(text, classes=OMNIFALL_CLASSES, *, synonyms=None, from_end=False):
+    """One reply read against a label set, as `ActionTask.parse` reads it."""
+    return LabelParser(classes, synonyms).parse(text, from_end=from_end)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

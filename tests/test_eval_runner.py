@@ -20,9 +20,9 @@ from merv.eval.runner import (
     SkipRateError,
     chunk_bounds,
     chunk_path,
-    decoding_settings,
     evaluate,
     merge_chunks,
+    prediction_settings,
     read_predictions,
     run_chunk,
     summary_line,
@@ -470,7 +470,7 @@ def test_frame_counts_are_the_models_own(tmp_path):
     with pytest.raises(SystemExit):  # the encoders' frame counts are fixed by the model
         mcq_main(["--model_path", "m", "--eval_dataset", "nextqa", "--filename_question", str(tmp_path / "nextqa.csv"),
                   "--num_frames", "4", "8"])  # fmt: skip
-    assert "num_frames" not in decoding_settings(cfg_for(tmp_path, "o", strategy="loglik"), get_task("nextqa"))
+    assert "num_frames" not in prediction_settings(cfg_for(tmp_path, "o", strategy="loglik"), get_task("nextqa"))
 
 
 def test_a_corrupt_meta_file_is_named(tmp_path):

@@ -33,7 +33,6 @@ from merv.eval.runner import (
     merge_chunks,
     predict_item,
     run_chunk,
-    select_chunk,
     summary_line,
     write_report,
 )
@@ -79,7 +78,6 @@ __all__ = [
     "predict_item",
     "register_task",
     "run_chunk",
-    "select_chunk",
     "string_match_report",
     "summarize_judgements",
     "summary_line",

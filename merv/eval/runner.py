@@ -120,7 +120,7 @@ class EvalConfig:
             raise ValueError(f"max_skip_fraction must be within [0, 1], got {self.max_skip_fraction}")
 
 
-def decoding_settings(cfg: EvalConfig, task: EvalTask) -> dict[str, Any]:
+def prediction_settings(cfg: EvalConfig, task: EvalTask) -> dict[str, Any]:
     """The settings that determine predictions; recorded in results and checked when resuming or merging."""
     if task.kind == "mcq":
         settings: dict[str, Any] = {"strategy": cfg.strategy, "prompt_version": MCQ_PROMPT_VERSION}
@@ -169,12 +169,6 @@ def chunk_bounds(num_items: int, num_chunks: int, chunk_idx: int) -> tuple[int, 
     if not 0 <= chunk_idx < num_chunks:
         raise ValueError(f"chunk_idx must be in 0..{num_chunks - 1}, got {chunk_idx}")
     return num_items * chunk_idx // num_chunks, num_items * (chunk_idx + 1) // num_chunks
-
-
-def select_chunk(items: Sequence[EvalItem], num_chunks: int, chunk_idx: int) -> list[EvalItem]:
-    """The items of one chunk."""
-    lo, hi = chunk_bounds(len(items), num_chunks, chunk_idx)
-    return list(items[lo:hi])
 
 
 # ------------------------------------------------------------------------------------------------ file I/O
@@ -433,7 +427,7 @@ def benchmark_job(cfg: EvalConfig, items: Sequence[EvalItem] | None = None) -> E
         items = task.load(cfg.question_file, cfg.answer_file, cfg.video_root)
     if cfg.limit is not None:
         items = items[: cfg.limit]
-    settings = decoding_settings(cfg, task)
+    settings = prediction_settings(cfg, task)
     return EvalJob(
         name=run_name(task, cfg),
         task=task.name,

@@ -31,7 +31,6 @@ from merv.eval.action.labels import (
     LabelParser,
     ParsedLabel,
     parse_class_list,
-    parse_label,
     parse_label_map,
 )
 from merv.eval.action.predict import MODES, PROMPT_VERSION, predict_record
@@ -61,7 +60,6 @@ __all__ = [
     "log_report_to_tensorboard",
     "oversample_classes",
     "parse_class_list",
-    "parse_label",
     "parse_label_map",
     "predict_record",
     "prediction_settings",

@@ -49,11 +49,11 @@ class ActionEvalConfig:
         label_map: label renames applied before the label set is checked.
         mode: `zero-shot`, `few-shot`, `cot` or `loglik`.
         k: in-context exemplars for `few-shot`.
-        exemplars: `random` or `similar`.
+        exemplar_strategy: how exemplars are picked: `random` or `similar`.
         train_labels: where exemplars come from; None = `labels`.
         train_split_file: split file of the exemplar pool; None = `train.csv` beside `split_file`.
         train_split: split of folder datasets for the pool; None = `train` when `split` is given.
-        exemplar_pool: keep at most this many pool clips (seeded subsample); None = all.
+        max_exemplar_pool: keep at most this many pool clips (seeded subsample); None = all.
         seed: exemplar seed.
         max_new_tokens: generation length; None = 16 (256 for `cot`).
         positive: the positive classes of the binary fall view.
@@ -79,11 +79,11 @@ class ActionEvalConfig:
     label_map: Mapping[str, str] | None = None
     mode: Mode = "zero-shot"
     k: int = 4
-    exemplars: ExemplarStrategy = "random"
+    exemplar_strategy: ExemplarStrategy = "random"
     train_labels: str | os.PathLike | None = None
     train_split_file: str | os.PathLike | None = None
     train_split: str | None = None
-    exemplar_pool: int | None = 1000
+    max_exemplar_pool: int | None = 1000
     seed: int = 0
     max_new_tokens: int | None = None
     positive: Sequence[str] = DEFAULT_POSITIVE
@@ -102,8 +102,8 @@ class ActionEvalConfig:
             self.output_dir = str(root / "action")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.exemplars not in ("random", "similar"):
-            raise ValueError(f"exemplars must be 'random' or 'similar', got {self.exemplars!r}")
+        if self.exemplar_strategy not in ("random", "similar"):
+            raise ValueError(f"exemplar_strategy must be 'random' or 'similar', got {self.exemplar_strategy!r}")
         if self.mode == "few-shot" and self.k < 1:
             raise ValueError(f"few-shot needs k >= 1, got {self.k}")
         if not 0.0 <= self.max_skip_fraction <= 1.0:
@@ -114,7 +114,7 @@ class ActionEvalConfig:
     @property
     def run_name(self) -> str:
         """File prefix of this run's outputs, e.g. `zero-shot` or `few-shot-similar-k4`."""
-        return f"few-shot-{self.exemplars}-k{self.k}" if self.mode == "few-shot" else self.mode
+        return f"few-shot-{self.exemplar_strategy}-k{self.k}" if self.mode == "few-shot" else self.mode
 
 
 def _exemplar_source(cfg: ActionEvalConfig) -> dict[str, Any]:
@@ -174,7 +174,12 @@ def prediction_settings(cfg: ActionEvalConfig, task: ActionTask) -> dict[str, An
         else (cfg.max_new_tokens if cfg.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS[cfg.mode]),
     }
     if cfg.mode == "few-shot":
-        settings.update(k=cfg.k, exemplars=cfg.exemplars, seed=cfg.seed, exemplar_pool=cfg.exemplar_pool)
+        settings.update(
+            k=cfg.k,
+            exemplar_strategy=cfg.exemplar_strategy,
+            seed=cfg.seed,
+            max_exemplar_pool=cfg.max_exemplar_pool,
+        )
     if cfg.mode == "loglik":
         settings["scoring"] = "argmin over the classes of the mean token NLL of the class name as the answer"
     return settings
@@ -219,7 +224,7 @@ def action_job(
                 "%d evaluated videos are also in the exemplar pool; their own clips are never used as their exemplars",
                 len(overlap),
             )
-        selector = ExemplarSelector(pool, cfg.k, cfg.exemplars, cfg.seed, cfg.exemplar_pool, model)
+        selector = ExemplarSelector(pool, cfg.k, cfg.exemplar_strategy, cfg.seed, cfg.max_exemplar_pool, model)
         settings["exemplar_source"] = {k: _str(v) for k, v in source.items()}
         settings["exemplar_pool_size"] = len(selector.pool)
 

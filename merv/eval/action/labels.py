@@ -8,10 +8,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-from merv.data.formats import OMNIFALL_CLASSES, normalize_label
+from merv.data.formats import normalize_label
 
 # Phrase -> classes it may stand for, in order of preference; the first one in the label set wins, so the
 # same table serves OmniFall names (`fall`, `lie_down`) and folder-dataset names (`fall_down`, `lying_down`).
@@ -250,23 +249,6 @@ class LabelParser:
         if not from_end and matches[0].start == 0 and not self._listed(tokens, matches, 0):
             return ParsedLabel(matches[0].label, "start", distinct)
         return ParsedLabel(None, "ambiguous", distinct)
-
-
-@lru_cache(maxsize=32)
-def _cached_parser(classes: tuple[str, ...]) -> LabelParser:
-    return LabelParser(classes)
-
-
-def parse_label(
-    text: str,
-    classes: Sequence[str] = OMNIFALL_CLASSES,
-    *,
-    synonyms: Mapping[str, str | Sequence[str]] | None = None,
-    from_end: bool = False,
-) -> ParsedLabel:
-    """Map a reply to one of `classes` (see `LabelParser.parse`); None label = unparsed, never a guess."""
-    parser = _cached_parser(tuple(classes)) if synonyms is None else LabelParser(classes, synonyms)
-    return parser.parse(text, from_end=from_end)
 
 
 def parse_class_list(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
