@@ -134,4 +134,4 @@ def test_module_runs_as_a_script(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "merv.cli.eval", "table", str(tmp_path)], capture_output=True, text=True, timeout=300
     )
-    assert result.returncode == 2 and "no evaluation reports under" in result.stderr
+    assert result.returncode == 1 and "error: no evaluation reports under" in result.stderr

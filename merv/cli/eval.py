@@ -118,21 +118,34 @@ def _print_report(report: dict[str, Any] | None) -> None:
         print(f"report: {files['report']}  confusion matrix: {files['confusion_matrix_png']}")
 
 
-def run(command: str, options: Namespace) -> None:
-    """Run one parsed subcommand."""
+def _configs(command: str, options: Namespace) -> dict[str, Any]:
+    """The typed configs of one parsed subcommand; their checks (`__post_init__`) reject bad values here."""
     if command in ("mcq", "openended"):
         model = _config(ModelConfig, options)
         cfg = _config(EvalConfig, options, model_path=model.recorded_path)
-        if get_task(cfg.task).kind != command:
-            raise ValueError(f"{cfg.task} is not a {command} task; use `merv eval {get_task(cfg.task).kind}`")
+        kind = get_task(cfg.task).kind
+        if kind != command:
+            raise ValueError(f"{cfg.task} is not a {command} task; use `merv eval {kind}`")
         judge = _judge(options) if command == "openended" else None
-        _print_report(run_benchmark(model, cfg, judge, merge_only=options.merge_only))
-    elif command == "judge":
-        _print_report(run_judge(options.predictions, options.output_file, _judge(options), options.task))
-    elif command == "action":
+        return {"model": model, "cfg": cfg, "judge": judge, "merge_only": options.merge_only}
+    if command == "judge":
+        return {"judge": _judge(options)}
+    if command == "action":
         model = _config(ModelConfig, options)
-        cfg = _config(ActionEvalConfig, options, model_path=model.model)
-        _print_report(run_action(model, cfg, options.tensorboard_dir))
+        return {"model": model, "cfg": _config(ActionEvalConfig, options, model_path=model.model)}
+    return {}
+
+
+def run(command: str, options: Namespace, configs: dict[str, Any]) -> None:
+    """Run one parsed subcommand with its configs."""
+    if command in ("mcq", "openended"):
+        _print_report(
+            run_benchmark(configs["model"], configs["cfg"], configs["judge"], merge_only=configs["merge_only"])
+        )
+    elif command == "judge":
+        _print_report(run_judge(options.predictions, options.output_file, configs["judge"], options.task))
+    elif command == "action":
+        _print_report(run_action(configs["model"], configs["cfg"], options.tensorboard_dir))
     elif command == "table":
         table = results_table(options.output_dirs)
         if options.output_file:
@@ -155,11 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = options.command
     try:
-        run(command, options[command])
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        # Bad option values (a chunk index out of range, an unknown task, a missing file) are usage errors.
+        configs = _configs(command, options[command])
+    except (ValueError, KeyError) as e:  # a value the configs refuse (chunk index, unknown task, judge model)
         parser.error(f"{command}: {e.args[0] if isinstance(e, KeyError) else e}")
-    except (MergeError, ResumeMismatchError, SkipRateError) as e:
+    try:
+        run(command, options[command], configs)
+    except (FileNotFoundError, MergeError, ResumeMismatchError, SkipRateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

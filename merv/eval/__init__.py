@@ -9,6 +9,7 @@ from merv.eval.action import ActionEvalConfig, evaluate_action
 from merv.eval.judge import (
     JUDGE_PROMPT_VERSION,
     JudgeCache,
+    JudgeConfig,
     JudgedItem,
     JudgeError,
     LocalHFJudge,
@@ -22,6 +23,7 @@ from merv.eval.judge import (
     summarize_judgements,
     token_f1,
 )
+from merv.eval.loading import ModelConfig, load_model
 from merv.eval.parsing import ParsedAnswer, parse_mcq_answer
 from merv.eval.runner import (
     EvalConfig,
@@ -47,6 +49,9 @@ from merv.eval.tasks import (
 )
 
 __all__ = [
+    "JudgeConfig",
+    "ModelConfig",
+    "load_model",
     "ActionEvalConfig",
     "evaluate_action",
     "JUDGE_PROMPT_VERSION",
