@@ -1,6 +1,7 @@
-"""The evaluation runner: predict a chunk of a benchmark, resume after a kill, merge chunks, write reports.
+"""The evaluation runner: predict a chunk of a run, resume after a kill, merge chunks, write reports.
 
-Chunk k of n appends each prediction to its own JSON-lines file and flushes it at once, so a killed job
+A run of any task kind (multiple choice, open-ended, label classification) reaches the runner as an
+`EvalJob`: its items, how to predict one, and what identifies it. Chunk k of n appends each prediction to its own JSON-lines file and flushes it at once, so a killed job
 restarts where it stopped (finished ids are never recomputed). When every chunk has finished, the chunks
 are merged by question id (duplicates and gaps are refused) and a report is written.
 """
