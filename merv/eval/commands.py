@@ -24,7 +24,6 @@ from merv.eval.runner import (
     percent,
     read_predictions,
     run_name,
-    summary_line,
     write_json_atomic,
     write_jsonl_atomic,
     write_report,
@@ -244,5 +243,4 @@ __all__ = [
     "run_benchmark",
     "run_judge",
     "score_openended",
-    "summary_line",
 ]
