@@ -9,7 +9,7 @@ Example:
 token F1 only. Verdicts are cached (`--cache_dir`), so a rerun only pays for items not judged before.
 """
 
-from merv.eval.cli import gpt_main, run_script
+from merv.eval.merv_flags import gpt_main, run_script
 
 if __name__ == "__main__":
     raise SystemExit(run_script(gpt_main))

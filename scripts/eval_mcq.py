@@ -10,7 +10,7 @@ Each chunk writes its own predictions file and resumes after a kill; the chunk t
 all chunks and writes `<output_dir>/<task>_<strategy>_report.json`. `--merge_only` merges by hand.
 """
 
-from merv.eval.cli import chunk_summary, mcq_main, run_script
+from merv.eval.merv_flags import chunk_summary, mcq_main, run_script
 
 if __name__ == "__main__":
     raise SystemExit(run_script(mcq_main, chunk_summary))

@@ -11,7 +11,7 @@ Predictions follow the `{id, question, answer, pred}` convention, so `scripts/ev
 later. Without `--judge`, the report holds the string-match metric (exact match, token F1) only.
 """
 
-from merv.eval.cli import chunk_summary, openended_main, run_script
+from merv.eval.merv_flags import chunk_summary, openended_main, run_script
 
 if __name__ == "__main__":
     raise SystemExit(run_script(openended_main, chunk_summary))

@@ -22,7 +22,6 @@ from merv.eval.action import (
     load_action_records,
     oversample_classes,
     parse_class_list,
-    parse_label,
     parse_label_map,
     predict_record,
     prepare_main,
@@ -31,6 +30,12 @@ from merv.eval.action import (
 )
 from merv.models.prompting import PromptBuilder, PromptFormat
 from merv.video import VideoDecodeError
+
+
+def parse_label(text, classes=OMNIFALL_CLASSES, *, synonyms=None, from_end=False):
+    """One reply read against a label set, as `ActionTask.parse` reads it."""
+    return LabelParser(classes, synonyms).parse(text, from_end=from_end)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -496,13 +501,13 @@ def test_evaluate_writes_predictions_report_and_png(omnifall, tmp_path):
 
 def test_unreadable_clips_are_skipped_counted_and_fail_past_the_limit(omnifall, tmp_path):
     broken = str(omnifall.parent / "video" / "s2" / "c.mp4")
-    cfg = ActionEvalConfig(labels=omnifall, output_dir=tmp_path, mode="loglik", max_skip_rate=0.5)
+    cfg = ActionEvalConfig(labels=omnifall, output_dir=tmp_path, mode="loglik", max_skip_fraction=0.5)
     report = evaluate_action(ScriptedModel(nll={"fall": 0.1}, broken={broken}), cfg)
     assert report["counts"]["skipped"] == 1 and report["counts"]["evaluated"] == 5
-    lines = (tmp_path / "loglik_predictions.jsonl").read_text().splitlines()
-    assert sum("skipped" in json.loads(x) for x in lines) == 1
-    strict = ActionEvalConfig(labels=omnifall, output_dir=tmp_path / "strict", mode="loglik", max_skip_rate=0.1)
-    with pytest.raises(SkipRateError, match="1 of 6 clips"):
+    lines = Path(report["files"]["predictions"]).read_text().splitlines()
+    assert sum(json.loads(x)["status"] == "skipped" for x in lines) == 1
+    strict = ActionEvalConfig(labels=omnifall, output_dir=tmp_path / "strict", mode="loglik", max_skip_fraction=0.1)
+    with pytest.raises(SkipRateError, match="1 of 6 videos"):
         evaluate_action(ScriptedModel(nll={"fall": 0.1}, broken={broken}), strict)
     assert (tmp_path / "strict" / "loglik_report.json").is_file()  # written before failing
 
@@ -628,3 +633,72 @@ def test_lora_recipe_learns_the_generated_actions(tmp_path, monkeypatch):
 
     before, after = score(tmp_path / "base"), score(tuned)
     assert after["macro_f1"] > before["macro_f1"] + 0.3, (before["macro_f1"], after["macro_f1"])
+
+
+# ---- the runner: chunks and resume ---------------------------------------------------------------------
+
+
+def _comparable(report):
+    return {k: v for k, v in report.items() if k not in ("files", "predictions_file", "report_file")}
+
+
+def test_action_evaluation_runs_in_chunks_that_merge_to_the_unchunked_result(omnifall, tmp_path):
+    def cfg(out, **kw):
+        return ActionEvalConfig(labels=omnifall, output_dir=tmp_path / out, mode="loglik", model_path="m", **kw)
+
+    nll = {"fall": 0.1, "walk": 0.2}
+    whole = evaluate_action(ScriptedModel(nll=nll), cfg("whole"))
+    models = [ScriptedModel(nll=nll) for _ in range(3)]
+    assert evaluate_action(models[0], cfg("chunks", num_chunks=3, chunk_idx=2)) is None  # others still to run
+    assert evaluate_action(models[1], cfg("chunks", num_chunks=3, chunk_idx=0)) is None
+    merged = evaluate_action(models[2], cfg("chunks", num_chunks=3, chunk_idx=1))
+    assert [len(m.calls) for m in models] == [2, 2, 2]
+    assert _comparable(merged) == _comparable(whole)
+    assert Path(merged["files"]["confusion_matrix_png"]).is_file()
+    assert sorted(p.name for p in (tmp_path / "chunks").glob("loglik_pred_3_*.jsonl")) == [
+        f"loglik_pred_3_{k}.jsonl" for k in range(3)
+    ]
+
+
+class Killed(Exception):
+    """Stands for the job being killed mid-run."""
+
+
+def test_killed_action_run_resumes_without_recomputing(omnifall, tmp_path):
+    class DiesAfter(ScriptedModel):
+        def option_nll(self, video, question, options, start=None, end=None):
+            if len(self.calls) == 4:
+                raise Killed
+            return super().option_nll(video, question, options, start, end)
+
+    cfg = ActionEvalConfig(labels=omnifall, output_dir=tmp_path, mode="loglik", model_path="m")
+    with pytest.raises(Killed):
+        evaluate_action(DiesAfter(nll={"fall": 0.1}), cfg)
+    chunk = tmp_path / "loglik_pred_1_0.jsonl"
+    assert len(chunk.read_text().splitlines()) == 4
+    with chunk.open("a") as fh:
+        fh.write('{"id": "cut off by the ki')  # a line the kill interrupted
+    rerun = ScriptedModel(nll={"fall": 0.1})
+    report = evaluate_action(rerun, cfg)
+    assert len(rerun.calls) == 2 and report["counts"]["evaluated"] == 6
+    assert _comparable(report) == _comparable(evaluate_action(ScriptedModel(nll={"fall": 0.1}), cfg))
+
+
+def test_action_resume_refuses_another_label_set_and_merge_command_rewrites_the_report(omnifall, tmp_path, capsys):
+    from merv.eval.__main__ import main as merge_main
+    from merv.eval.runner import ResumeMismatchError
+
+    cfg = ActionEvalConfig(labels=omnifall, output_dir=tmp_path, mode="loglik", num_chunks=2, chunk_idx=0)
+    evaluate_action(ScriptedModel(nll={"fall": 0.1}), cfg)
+    other = ActionEvalConfig(
+        labels=omnifall, output_dir=tmp_path, mode="loglik", num_chunks=2, chunk_idx=0, classes=["walk", "fall"]
+    )
+    with pytest.raises(ResumeMismatchError, match="settings"):
+        evaluate_action(ScriptedModel(nll={"fall": 0.1}), other)
+    report = evaluate_action(ScriptedModel(nll={"fall": 0.1}), cfg.__class__(**{**cfg.__dict__, "chunk_idx": 1}))
+    (tmp_path / "loglik_report.json").unlink()
+    (tmp_path / "loglik_confusion.png").unlink()
+    assert merge_main(["merge", "--output_dir", str(tmp_path), "--name", "loglik", "--num_chunks", "2"]) == 0
+    assert "loglik: 6 clips" in capsys.readouterr().out
+    assert json.loads((tmp_path / "loglik_report.json").read_text())["accuracy"] == report["accuracy"]
+    assert (tmp_path / "loglik_confusion.png").is_file()

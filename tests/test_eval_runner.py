@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from merv.eval.cli import default_output_dir, gpt_main, mcq_main, openended_main
+from merv.eval.loading import default_output_dir
+from merv.eval.merv_flags import gpt_main, mcq_main, openended_main
 from merv.eval.runner import (
     EvalConfig,
     MergeError,
@@ -19,9 +20,9 @@ from merv.eval.runner import (
     SkipRateError,
     chunk_bounds,
     chunk_path,
-    decoding_settings,
     evaluate,
     merge_chunks,
+    prediction_settings,
     read_predictions,
     run_chunk,
     summary_line,
@@ -295,17 +296,17 @@ def test_merge_refuses_gaps_duplicates_and_missing_chunks(tmp_path):
 
 def test_missing_videos_are_skipped_and_counted_and_a_high_rate_fails(tmp_path):
     write_nextqa(tmp_path, n=10, missing_videos=1)  # last video (2 questions) missing
-    outcome = evaluate(FakeModel(), cfg_for(tmp_path, "ok", max_skip_rate=0.25))
+    outcome = evaluate(FakeModel(), cfg_for(tmp_path, "ok", max_skip_fraction=0.25))
     skipped = [r for r in outcome.chunk.records if r["status"] == "skipped"]
     assert len(skipped) == 2 and "video not found" in skipped[0]["error"]
     assert outcome.report["counts"]["skipped"] == 2
     assert all(r["correct"] is False for r in skipped)
     with pytest.raises(SkipRateError, match="2 of 10 videos"):
-        evaluate(FakeModel(), cfg_for(tmp_path, "strict", max_skip_rate=0.1))
+        evaluate(FakeModel(), cfg_for(tmp_path, "strict", max_skip_fraction=0.1))
     # Once the videos exist, a rerun retries only the skipped items.
     (tmp_path / "videos" / "1004.mp4").write_bytes(b"\x00")
     model = FakeModel()
-    outcome = evaluate(model, cfg_for(tmp_path, "ok", max_skip_rate=0.25))
+    outcome = evaluate(model, cfg_for(tmp_path, "ok", max_skip_fraction=0.25))
     assert model.calls == 2 and outcome.report["counts"]["skipped"] == 0
 
 
@@ -372,7 +373,7 @@ def test_openended_run_writes_video_llava_style_records_and_string_match(tmp_pat
 
 def test_scripts_with_fake_model_and_match_judge(tmp_path, monkeypatch):
     q, a = write_msvd(tmp_path / "data" / "msvd")
-    monkeypatch.setattr("merv.eval.cli.load_model", lambda *args, **kw: FakeModel())
+    monkeypatch.setattr("merv.eval.commands.load_model", lambda *args, **kw: FakeModel())
     out = tmp_path / "res"
     common = [
         "--model_path",
@@ -415,7 +416,7 @@ def test_scripts_with_fake_model_and_match_judge(tmp_path, monkeypatch):
 
 def test_mcq_script_merge_only_and_wrong_kind(tmp_path, monkeypatch):
     write_nextqa(tmp_path, n=6)
-    monkeypatch.setattr("merv.eval.cli.load_model", lambda *args, **kw: FakeModel())
+    monkeypatch.setattr("merv.eval.commands.load_model", lambda *args, **kw: FakeModel())
     base = [
         "--model_path",
         "m",
@@ -454,7 +455,7 @@ def test_models_get_distinct_default_output_dirs(tmp_path, monkeypatch):
 
     # Two exported models, both named `model`, evaluated with the default output dir: no collision.
     write_nextqa(tmp_path, n=4)
-    monkeypatch.setattr("merv.eval.cli.load_model", lambda *args, **kw: FakeModel())
+    monkeypatch.setattr("merv.eval.commands.load_model", lambda *args, **kw: FakeModel())
     question = ["--eval_dataset", "nextqa", "--filename_question", str(tmp_path / "nextqa.csv"),
                 "--video_root", str(tmp_path / "videos")]  # fmt: skip
     for run in ("a", "b"):
@@ -469,7 +470,7 @@ def test_frame_counts_are_the_models_own(tmp_path):
     with pytest.raises(SystemExit):  # the encoders' frame counts are fixed by the model
         mcq_main(["--model_path", "m", "--eval_dataset", "nextqa", "--filename_question", str(tmp_path / "nextqa.csv"),
                   "--num_frames", "4", "8"])  # fmt: skip
-    assert "num_frames" not in decoding_settings(cfg_for(tmp_path, "o", strategy="loglik"), get_task("nextqa"))
+    assert "num_frames" not in prediction_settings(cfg_for(tmp_path, "o", strategy="loglik"), get_task("nextqa"))
 
 
 def test_a_corrupt_meta_file_is_named(tmp_path):
@@ -634,8 +635,25 @@ def test_eval_package_does_not_import_lightning():
     import sys
 
     code = (
-        "import sys, merv.eval, merv.eval.cli, merv.eval.__main__; "
+        "import sys, merv.eval, merv.eval.merv_flags, merv.eval.commands, merv.eval.__main__; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]; print(bad); sys.exit(bool(bad))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_training_and_evaluation_share_one_skip_limit():
+    import inspect
+
+    from merv.data.dataset import MAX_SKIP_FRACTION, SkipCounter, VideoTextDataset
+    from merv.eval.action import ActionEvalConfig
+    from merv.lit.data import MERVDataModule
+
+    defaults = {
+        "counter": SkipCounter().max_skip_fraction,
+        "dataset": inspect.signature(VideoTextDataset).parameters["max_skip_fraction"].default,
+        "data module": inspect.signature(MERVDataModule).parameters["max_skip_fraction"].default,
+        "eval": EvalConfig(task="nextqa", question_file="q.csv").max_skip_fraction,
+        "action eval": ActionEvalConfig(labels="labels.csv").max_skip_fraction,
+    }
+    assert set(defaults.values()) == {MAX_SKIP_FRACTION}, defaults

@@ -10,11 +10,11 @@ from merv.data.formats import RecordLocation
 from merv.eval.tasks import (
     NEXTQA_COLUMNS,
     AnnotationError,
+    answer_option_index,
     build_mcq_prompt,
     file_identity,
     get_task,
     list_tasks,
-    normalize_answer,
     strip_option_prefixes,
 )
 
@@ -437,19 +437,19 @@ def test_missing_file_and_invalid_json(tmp_path):
         (None, "index", None),
     ],
 )
-def test_normalize_answer_forms(value, kind, expected):
+def test_answer_option_index_forms(value, kind, expected):
     options = ["bark at cat", "chase ball", "lie down"]
-    assert normalize_answer(value, options, kind, RecordLocation(Path("f.json"), "record 0")) == expected
+    assert answer_option_index(value, options, kind, RecordLocation(Path("f.json"), "record 0")) == expected
 
 
-def test_normalize_answer_prefers_option_text_in_auto_mode_and_rejects_nonsense():
+def test_answer_option_index_prefers_option_text_in_auto_mode_and_rejects_nonsense():
     at = RecordLocation(Path("f.json"), "line 4")
-    assert normalize_answer("3", ["2", "3", "4"], "auto", at) == 1
-    assert normalize_answer("3", ["2", "3", "4", "5"], "index", at) == 3
+    assert answer_option_index("3", ["2", "3", "4"], "auto", at) == 1
+    assert answer_option_index("3", ["2", "3", "4", "5"], "index", at) == 3
     with pytest.raises(AnnotationError, match="^f.json: line 4, field 'answer': answer 'maybe' is not a valid letter"):
-        normalize_answer("maybe", ["x", "y"], "letter", at)
+        answer_option_index("maybe", ["x", "y"], "letter", at)
     with pytest.raises(AnnotationError, match="^f.json: line 4, field 'label': answer index 4 out of range"):
-        normalize_answer("E", ["x", "y"], "letter", at, "label")
+        answer_option_index("E", ["x", "y"], "letter", at, "label")
 
 
 def test_strip_option_prefixes_only_when_all_are_consistent():
@@ -488,3 +488,59 @@ def test_reader_errors_are_the_data_layer_error_and_locate_the_answer_record(tmp
     )
     with pytest.raises(AnnotationError, match=r"mme.json: record 0, field 'videoID': expected text, got list"):
         get_task("videomme").load(video)
+
+
+@pytest.mark.parametrize("name", list_tasks())
+def test_every_registered_task_has_its_own_family_module_and_loads_by_name(name, tmp_path):
+    task = get_task(name)
+    assert task.name == name and task.kind in ("mcq", "openended") and task.description
+    module = task.reader.__module__
+    assert module.startswith("merv.eval.tasks.") and module.rsplit(".", 1)[1] not in ("base", "reading")
+    with pytest.raises(FileNotFoundError, match=name):
+        task.load(tmp_path / "missing.json")
+
+
+def readme_benchmark() -> str:
+    """The example module of README's "Add a benchmark in one file"."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Add a benchmark in one file", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_a_task_registered_in_a_new_module_is_found_and_runs(tmp_path, monkeypatch):
+    """Adding a benchmark is one file: importing it registers the task for the registry and the runner."""
+    from merv.eval.runner import EvalConfig, evaluate
+    from merv.eval.tasks import base
+
+    (tmp_path / "my_benchmark.py").write_text(readme_benchmark())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(base, "_TASKS", dict(base._TASKS))
+    monkeypatch.setattr(base, "_ALIASES", dict(base._ALIASES))
+    import importlib
+
+    importlib.import_module("my_benchmark")
+    monkeypatch.delitem(__import__("sys").modules, "my_benchmark")
+    assert "mybench" in list_tasks("mcq") and get_task("My-Bench").name == "mybench"
+
+    row = {"id": "a", "video": "a", "question": "Which?", "options": ["A. cat", "B. dog"], "answer": "B"}
+    questions = write_jsonl(tmp_path / "q.jsonl", [row])
+    touch(tmp_path / "a.mp4")
+
+    class AnswersB:
+        def get_prompt_builder(self):
+            class B:
+                def add_turn(self, role, message):
+                    self.message = message
+
+                def get_prompt(self):
+                    return self.message
+
+            return B()
+
+        def generate(self, video, prompt, **kwargs):
+            assert prompt.endswith("A. cat\nB. dog\nAnswer with the option's letter from the given choices directly.")
+            return "(B)"
+
+    cfg = EvalConfig(task="mybench", question_file=questions, video_root=tmp_path, output_dir=tmp_path / "out")
+    report = evaluate(AnswersB(), cfg).report
+    assert report["task"] == "mybench" and report["accuracy"] == 1.0

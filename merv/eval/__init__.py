@@ -1,12 +1,15 @@
 """Benchmark evaluation: registered tasks, MCQ answer parsing, open-ended judges, the chunked runner, reports.
 
-`merv.eval` depends on `merv.models` and `merv.data` only (never on Lightning); `scripts/eval_*.py` are thin
-command-line wrappers over `merv.eval.runner` and `merv.eval.judge`.
+`merv.eval` depends on `merv.video`, `merv.models` and `merv.data` only (never on Lightning). Every task kind
+(multiple choice, open-ended, label classification) runs through `merv.eval.runner`.
 """
 
+# `merv.eval.action` registers the `action` report kind with the runner.
+from merv.eval.action import ActionEvalConfig, evaluate_action
 from merv.eval.judge import (
     JUDGE_PROMPT_VERSION,
     JudgeCache,
+    JudgeConfig,
     JudgedItem,
     JudgeError,
     LocalHFJudge,
@@ -20,6 +23,7 @@ from merv.eval.judge import (
     summarize_judgements,
     token_f1,
 )
+from merv.eval.loading import ModelConfig, load_model
 from merv.eval.parsing import ParsedAnswer, parse_mcq_answer
 from merv.eval.runner import (
     EvalConfig,
@@ -31,7 +35,6 @@ from merv.eval.runner import (
     merge_chunks,
     predict_item,
     run_chunk,
-    select_chunk,
     summary_line,
     write_report,
 )
@@ -39,13 +42,18 @@ from merv.eval.tasks import (
     AnnotationError,
     EvalItem,
     EvalTask,
+    answer_option_index,
     get_task,
     list_tasks,
-    normalize_answer,
     register_task,
 )
 
 __all__ = [
+    "JudgeConfig",
+    "ModelConfig",
+    "load_model",
+    "ActionEvalConfig",
+    "evaluate_action",
     "JUDGE_PROMPT_VERSION",
     "AnnotationError",
     "EvalConfig",
@@ -68,14 +76,13 @@ __all__ = [
     "judge_predictions",
     "list_tasks",
     "merge_chunks",
-    "normalize_answer",
+    "answer_option_index",
     "normalize_answer_text",
     "parse_mcq_answer",
     "parse_verdict",
     "predict_item",
     "register_task",
     "run_chunk",
-    "select_chunk",
     "string_match_report",
     "summarize_judgements",
     "summary_line",

@@ -1,4 +1,5 @@
-"""`python -m merv.eval merge ...`: merge finished prediction chunks and write the report by hand.
+"""`python -m merv.eval merge ...`: merge finished prediction chunks and write the report by hand (any task kind;
+the same as `merv eval merge`).
 
 Example:
     python -m merv.eval merge --output_dir eval_results/my-model --name nextqa_naive --num_chunks 4
@@ -11,7 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from merv.eval.runner import MergeError, merge_chunks, summary_line, write_report
+from merv.eval.commands import merge_run
+from merv.eval.runner import MergeError, summary_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,11 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        merge_chunks(args.output_dir, args.name, args.num_chunks)
+        report = merge_run(args.output_dir, args.name, args.num_chunks)
     except MergeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(summary_line(write_report(args.output_dir, args.name)))
+    print(summary_line(report))
     return 0
 
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,54 @@ class Judge(Protocol):
     def describe(self) -> dict[str, Any]:
         """Settings recorded in reports."""
         ...
+
+
+@dataclass
+class JudgeConfig:
+    """How open-ended predictions are scored.
+
+    Attributes:
+        kind: `openai` (an OpenAI-compatible chat-completions endpoint), `local` (a local Hugging Face causal
+            LM directory) or `match` (exact match and token F1 only, no judge).
+        model: the judge model's name (`openai`) or directory (`local`).
+        base_url: API root of the `openai` judge.
+        api_key_env: environment variable holding the API key.
+        concurrency: parallel judge requests.
+        timeout: seconds per judge request.
+        max_retries: retries per item on 5xx, timeouts and malformed replies.
+        cache_dir: verdict cache folder; None = `judge_cache` next to the output, so a rerun only pays for new items.
+        device: device of the `local` judge model.
+    """
+
+    kind: Literal["openai", "local", "match"] = "match"
+    model: str | None = None
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 4
+    timeout: float = 30.0
+    max_retries: int = 4
+    cache_dir: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.kind != "match" and not self.model:
+            raise ValueError(f"the {self.kind} judge needs its model name or directory")
+
+
+def build_judge(cfg: JudgeConfig) -> Judge | None:
+    """The judge a config names; None for string match only."""
+    if cfg.kind == "match":
+        return None
+    if cfg.kind == "openai":
+        return OpenAIChatJudge(
+            cfg.base_url,
+            cfg.model,
+            api_key_env=cfg.api_key_env,
+            timeout_s=cfg.timeout,
+            max_retries=cfg.max_retries,
+            concurrency=cfg.concurrency,
+        )
+    return LocalHFJudge(cfg.model, device=cfg.device)
 
 
 class OpenAIChatJudge:

@@ -1,6 +1,7 @@
-"""The evaluation runner: predict a chunk of a benchmark, resume after a kill, merge chunks, write reports.
+"""The evaluation runner: predict a chunk of a run, resume after a kill, merge chunks, write reports.
 
-Chunk k of n appends each prediction to its own JSON-lines file and flushes it at once, so a killed job
+A run of any task kind (multiple choice, open-ended, label classification) reaches the runner as an
+`EvalJob`: its items, how to predict one, and what identifies it. Chunk k of n appends each prediction to its own JSON-lines file and flushes it at once, so a killed job
 restarts where it stopped (finished ids are never recomputed). When every chunk has finished, the chunks
 are merged by question id (duplicates and gaps are refused) and a report is written.
 """
@@ -11,13 +12,14 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from merv.data.dataset import SkipRateError
+from merv.data.dataset import MAX_SKIP_FRACTION, SkipRateError
 from merv.eval.judge import string_match_report, type_label
+from merv.eval.loading import default_output_dir
 from merv.eval.parsing import LETTERS, parse_mcq_answer
 from merv.eval.tasks import (
     MCQ_PROMPT_VERSION,
@@ -82,13 +84,14 @@ class EvalConfig:
         question_file: annotation file (or folder for MVBench).
         answer_file: separate answer file, where the format has one.
         video_root: folder that video names are relative to.
-        output_dir: where prediction chunks, the merged file and the report go.
+        output_dir: where prediction chunks, the merged file and the report go; None = `eval_results/<model
+            name>` (see `default_output_dir`), or `eval_results` when no `model_path` is given.
         model_path: recorded in the results (the runner receives the loaded model).
         strategy: MCQ strategy: `naive` (generate, parse a letter) or `loglik` (lowest option NLL).
         max_new_tokens: generation length; None = 16 for MCQ, 128 for open-ended.
         num_chunks: how many chunks the task is split into.
         chunk_idx: which chunk this run computes (0-based).
-        max_skip_rate: fraction of unreadable videos above which the run fails.
+        max_skip_fraction: fraction of unreadable videos above which the run fails.
         limit: evaluate only the first `limit` items (quick checks); None = all.
     """
 
@@ -96,27 +99,29 @@ class EvalConfig:
     question_file: str | os.PathLike
     answer_file: str | os.PathLike | None = None
     video_root: str | os.PathLike | None = None
-    output_dir: str | os.PathLike = "eval_results"
+    output_dir: str | os.PathLike | None = None
     model_path: str | None = None
     strategy: Strategy = "naive"
     max_new_tokens: int | None = None
     num_chunks: int = 1
     chunk_idx: int = 0
-    max_skip_rate: float = 0.2
+    max_skip_fraction: float = MAX_SKIP_FRACTION
     limit: int | None = None
 
     def __post_init__(self) -> None:
+        if self.output_dir is None:
+            self.output_dir = str(default_output_dir(self.model_path)) if self.model_path else "eval_results"
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.num_chunks < 1:
             raise ValueError(f"num_chunks must be at least 1, got {self.num_chunks}")
         if not 0 <= self.chunk_idx < self.num_chunks:
             raise ValueError(f"chunk_idx must be in 0..{self.num_chunks - 1}, got {self.chunk_idx}")
-        if not 0.0 <= self.max_skip_rate <= 1.0:
-            raise ValueError(f"max_skip_rate must be within [0, 1], got {self.max_skip_rate}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be within [0, 1], got {self.max_skip_fraction}")
 
 
-def decoding_settings(cfg: EvalConfig, task: EvalTask) -> dict[str, Any]:
+def prediction_settings(cfg: EvalConfig, task: EvalTask) -> dict[str, Any]:
     """The settings that determine predictions; recorded in results and checked when resuming or merging."""
     if task.kind == "mcq":
         settings: dict[str, Any] = {"strategy": cfg.strategy, "prompt_version": MCQ_PROMPT_VERSION}
@@ -165,12 +170,6 @@ def chunk_bounds(num_items: int, num_chunks: int, chunk_idx: int) -> tuple[int, 
     if not 0 <= chunk_idx < num_chunks:
         raise ValueError(f"chunk_idx must be in 0..{num_chunks - 1}, got {chunk_idx}")
     return num_items * chunk_idx // num_chunks, num_items * (chunk_idx + 1) // num_chunks
-
-
-def select_chunk(items: Sequence[EvalItem], num_chunks: int, chunk_idx: int) -> list[EvalItem]:
-    """The items of one chunk."""
-    lo, hi = chunk_bounds(len(items), num_chunks, chunk_idx)
-    return list(items[lo:hi])
 
 
 # ------------------------------------------------------------------------------------------------ file I/O
@@ -359,55 +358,124 @@ class ChunkResult:
     skipped: int
 
 
-def _chunk_meta(task: EvalTask, cfg: EvalConfig, chunk: Sequence[EvalItem]) -> dict[str, Any]:
-    return {
-        "task": task.name,
-        "kind": task.kind,
-        "num_chunks": cfg.num_chunks,
-        "chunk_idx": cfg.chunk_idx,
-        "model_path": cfg.model_path,
-        "settings": decoding_settings(cfg, task),
-        "data": {
+@dataclass
+class EvalJob:
+    """One run of any task kind, as the runner sees it: the items, how to predict one, what identifies the run.
+
+    Benchmarks (`mcq`, `openended`) and label classification (`action`) differ only here; chunking, resuming,
+    merging, the skip limit and writing the report are the runner's.
+
+    Attributes:
+        name: file stem shared by all chunks of the run (`nextqa_naive`, `msvd`, `zero-shot`).
+        task: the task name recorded in the results.
+        kind: `mcq`, `openended` or `action`; picks the report (see `register_report`).
+        items: every item of the run, in order (after `limit`); each chunk takes its contiguous share.
+        item_id: an item's unique id.
+        predict: `(model, item) -> record`; the record holds `id` and `status` (`skipped` when the video is
+            unreadable, with the reason in `error`).
+        settings: what determines the predictions; a resumed or merged chunk must have the same.
+        data: identity of the data files (paths and hashes); likewise checked.
+        output_dir: where chunk files, the merged file and the report go.
+        model_path: recorded in the results and checked on resume.
+        num_chunks: how many chunks the run is split into.
+        chunk_idx: which chunk this process computes.
+        max_skip_fraction: the run fails (after writing its files) when a larger fraction of a chunk is skipped.
+        limit: recorded; the items are already cut to it.
+        report_options: how the report reads the predictions (not checked on resume: they change no prediction).
+    """
+
+    name: str
+    task: str
+    kind: str
+    items: Sequence[Any]
+    item_id: Callable[[Any], str]
+    predict: Callable[[Any, Any], dict[str, Any]]
+    settings: Mapping[str, Any]
+    data: Mapping[str, Any]
+    output_dir: str | os.PathLike
+    model_path: str | None = None
+    num_chunks: int = 1
+    chunk_idx: int = 0
+    max_skip_fraction: float = MAX_SKIP_FRACTION
+    limit: int | None = None
+    report_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def chunk_items(self) -> list[Any]:
+        """This job's chunk of the items."""
+        lo, hi = chunk_bounds(len(self.items), self.num_chunks, self.chunk_idx)
+        return list(self.items[lo:hi])
+
+    def meta(self) -> dict[str, Any]:
+        """The chunk's sidecar: ids, settings and data identity, checked when resuming and merging."""
+        return {
+            "task": self.task,
+            "kind": self.kind,
+            "num_chunks": self.num_chunks,
+            "chunk_idx": self.chunk_idx,
+            "model_path": self.model_path,
+            "settings": dict(self.settings),
+            "data": dict(self.data),
+            "limit": self.limit,
+            "report_options": dict(self.report_options),
+            "ids": [self.item_id(it) for it in self.chunk_items()],
+        }
+
+
+def benchmark_job(cfg: EvalConfig, items: Sequence[EvalItem] | None = None) -> EvalJob:
+    """The job of a registered benchmark task (`mcq` or `openended`)."""
+    task = get_task(cfg.task)
+    if items is None:
+        items = task.load(cfg.question_file, cfg.answer_file, cfg.video_root)
+    if cfg.limit is not None:
+        items = items[: cfg.limit]
+    settings = prediction_settings(cfg, task)
+    return EvalJob(
+        name=run_name(task, cfg),
+        task=task.name,
+        kind=task.kind,
+        items=list(items),
+        item_id=lambda item: item.id,
+        predict=lambda model, item: predict_item(model, task, item, settings),
+        settings=settings,
+        data={
             "question_file": file_identity(cfg.question_file),
             "answer_file": None if cfg.answer_file is None else file_identity(cfg.answer_file),
             "video_root": None if cfg.video_root is None else str(Path(cfg.video_root).resolve()),
         },
-        "limit": cfg.limit,
-        "ids": [it.id for it in chunk],
-    }
+        output_dir=cfg.output_dir,
+        model_path=cfg.model_path,
+        num_chunks=cfg.num_chunks,
+        chunk_idx=cfg.chunk_idx,
+        max_skip_fraction=cfg.max_skip_fraction,
+        limit=cfg.limit,
+    )
 
 
 def _differences(a: Mapping[str, Any], b: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
     return [k for k in keys if a.get(k) != b.get(k)]
 
 
-def run_chunk(model: Any, cfg: EvalConfig, items: Sequence[EvalItem] | None = None) -> ChunkResult:
-    """Predict this config's chunk, resuming from its predictions file if one exists.
+def run_chunk(model: Any, cfg: EvalConfig | EvalJob, items: Sequence[EvalItem] | None = None) -> ChunkResult:
+    """Predict one chunk, resuming from its predictions file if one exists.
 
     Each record is appended and flushed as soon as it is computed. Records already in the file are kept
     (a truncated last line from a killed job is dropped); items whose video was skipped are retried.
 
     Args:
-        model: an object with `get_prompt_builder`, `generate` and `option_nll` (see `EvaluableModel`).
-        cfg: what to run.
-        items: the task's items if already loaded; read from `cfg` otherwise.
+        model: what the job predicts with (for benchmarks, see `EvaluableModel`).
+        cfg: a benchmark run, or any job.
+        items: a benchmark's items if already loaded; read from `cfg` otherwise.
 
     Raises:
         ResumeMismatchError: the existing chunk was made with other settings, data or model.
-        SkipRateError: more than `max_skip_rate` of the chunk's videos could not be read.
     """
-    task = get_task(cfg.task)
-    if items is None:
-        items = task.load(cfg.question_file, cfg.answer_file, cfg.video_root)
-    if cfg.limit is not None:
-        items = items[: cfg.limit]
-    chunk = select_chunk(items, cfg.num_chunks, cfg.chunk_idx)
-    name = run_name(task, cfg)
-    out = Path(cfg.output_dir)
+    job = cfg if isinstance(cfg, EvalJob) else benchmark_job(cfg, items)
+    chunk = job.chunk_items()
+    out = Path(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pred_file = chunk_path(out, name, cfg.num_chunks, cfg.chunk_idx)
-    meta_file = meta_path(out, name, cfg.num_chunks, cfg.chunk_idx)
-    meta = _chunk_meta(task, cfg, chunk)
+    pred_file = chunk_path(out, job.name, job.num_chunks, job.chunk_idx)
+    meta_file = meta_path(out, job.name, job.num_chunks, job.chunk_idx)
+    meta = job.meta()
 
     done: dict[str, dict[str, Any]] = {}
     if pred_file.exists():
@@ -419,7 +487,7 @@ def run_chunk(model: Any, cfg: EvalConfig, items: Sequence[EvalItem] | None = No
                     f"{pred_file} was produced with different {', '.join(diff)}; "
                     "delete it (and its .meta.json) or choose another --output_dir"
                 )
-        wanted = {it.id for it in chunk}
+        wanted = set(meta["ids"])
         existing = read_predictions(pred_file, tolerate_truncated_tail=True)
         kept = [r for r in existing if r.get("id") in wanted and r.get("status") != "skipped"]
         done = {r["id"]: r for r in kept}
@@ -429,27 +497,39 @@ def run_chunk(model: Any, cfg: EvalConfig, items: Sequence[EvalItem] | None = No
         log.info("%s: resuming with %d of %d items already done", pred_file, len(done), len(chunk))
     write_json_atomic(meta_file, meta)
 
-    settings = meta["settings"]
     computed = 0
     with open(pred_file, "a", encoding="utf-8") as fh:
-        for item in chunk:
-            if item.id in done:
+        for n, item in enumerate(chunk, start=1):
+            if job.item_id(item) in done:
                 continue
-            rec = predict_item(model, task, item, settings)
+            rec = job.predict(model, item)
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
-            done[item.id] = rec
+            done[rec["id"]] = rec
             computed += 1
-    records = [done[it.id] for it in chunk]
+            if n % 50 == 0:
+                log.info("%s: %d/%d items", pred_file.name, n, len(chunk))
+    records = [done[i] for i in meta["ids"]]
     skipped = sum(r["status"] == "skipped" for r in records)
     if skipped:
         log.warning("%s: %d of %d items skipped (unreadable videos)", pred_file, skipped, len(records))
-    if records and skipped / len(records) > cfg.max_skip_rate:
-        raise SkipRateError(
-            f"{skipped} of {len(records)} videos in chunk {cfg.chunk_idx} could not be read "
-            f"(more than max_skip_rate={cfg.max_skip_rate}); check --video_root. Reasons are in {pred_file}"
-        )
     return ChunkResult(pred_file, records, computed, skipped)
+
+
+def check_skip_rate(result: ChunkResult, max_skip_fraction: float, chunk_idx: int) -> None:
+    """Fail when more than `max_skip_fraction` of a chunk's videos could not be read.
+
+    Raises:
+        SkipRateError: naming the counts, the limit and the file that holds the reasons.
+    """
+    total = len(result.records)
+    if total and result.skipped / total > max_skip_fraction:
+        first = next(r for r in result.records if r["status"] == "skipped")
+        raise SkipRateError(
+            f"{result.skipped} of {total} videos in chunk {chunk_idx} could not be read "
+            f"(more than max_skip_fraction={max_skip_fraction}); check --video_root. First: {first.get('video')}; "
+            f"reasons are in {result.predictions_file}"
+        )
 
 
 # -------------------------------------------------------------------------------------------------- merging
@@ -666,13 +746,40 @@ def summary_line(report: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def write_report(output_dir: str | os.PathLike, name: str, task: EvalTask | None = None) -> dict[str, Any]:
+ReportBuilder = Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any], Path], dict[str, Any]]
+"""`(records, meta, merged predictions file) -> report` of one task kind."""
+
+_REPORTS: dict[str, ReportBuilder] = {}
+
+
+def register_report(kind: str) -> Callable[[ReportBuilder], ReportBuilder]:
+    """Decorator registering the report builder of a task kind; `write_report` picks it by the run's kind."""
+
+    def wrap(builder: ReportBuilder) -> ReportBuilder:
+        _REPORTS[kind] = builder
+        return builder
+
+    return wrap
+
+
+@register_report("mcq")
+def _benchmark_mcq_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], merged: Path) -> dict:
+    return mcq_report(records, get_task(meta["task"]), meta)
+
+
+@register_report("openended")
+def _benchmark_openended_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], merged: Path) -> dict:
+    return openended_report(records, get_task(meta["task"]), meta, merged)
+
+
+def write_report(output_dir: str | os.PathLike, name: str) -> dict[str, Any]:
     """Build and write the report of a merged run; returns it (with `report_file` and `predictions_file`)."""
     path = merged_path(output_dir, name)
     meta = read_meta(path.with_suffix(".meta.json"))
-    task = task or get_task(meta["task"])
-    records = read_predictions(path)
-    report = mcq_report(records, task, meta) if task.kind == "mcq" else openended_report(records, task, meta, path)
+    kind = meta.get("kind")
+    if kind not in _REPORTS:
+        raise ValueError(f"{path}: no report for task kind {kind!r}; known: {sorted(_REPORTS)}")
+    report = _REPORTS[kind](read_predictions(path), meta, path)
     report["predictions_file"] = str(path.resolve())
     rpath = report_path(output_dir, name)
     report["report_file"] = str(rpath.resolve())
@@ -698,21 +805,30 @@ class EvalOutcome:
     report: dict[str, Any] | None = field(default=None)
 
 
+def run_job(model: Any, job: EvalJob) -> EvalOutcome:
+    """Run one chunk of a job; if it was the last one to finish, merge all chunks and write the report.
+
+    Raises:
+        SkipRateError: the chunk skipped more than `job.max_skip_fraction` of its items; raised after the
+            chunk (and, when it was the last, the merged file and the report) is written.
+    """
+    result = run_chunk(model, job)
+    outcome = EvalOutcome(result)
+    if all_chunks_finished(job.output_dir, job.name, job.num_chunks):
+        outcome.merged_file = merge_chunks(job.output_dir, job.name, job.num_chunks)
+        outcome.report = write_report(job.output_dir, job.name)
+    else:
+        log.info("chunk %d of %d done; merging waits for the other chunks", job.chunk_idx, job.num_chunks)
+    check_skip_rate(result, job.max_skip_fraction, job.chunk_idx)
+    return outcome
+
+
 def evaluate(model: Any, cfg: EvalConfig, items: Sequence[EvalItem] | None = None) -> EvalOutcome:
-    """Run one chunk; if it was the last one to finish, merge all chunks and write the report.
+    """Run one chunk of a benchmark; if it was the last one to finish, merge all chunks and write the report.
 
     Args:
         model: the model (see `EvaluableModel`).
         cfg: the run.
         items: preloaded items (else read from `cfg`).
     """
-    task = get_task(cfg.task)
-    result = run_chunk(model, cfg, items)
-    name = run_name(task, cfg)
-    outcome = EvalOutcome(result)
-    if all_chunks_finished(cfg.output_dir, name, cfg.num_chunks):
-        outcome.merged_file = merge_chunks(cfg.output_dir, name, cfg.num_chunks)
-        outcome.report = write_report(cfg.output_dir, name, task)
-    else:
-        log.info("chunk %d of %d done; merging waits for the other chunks", cfg.chunk_idx, cfg.num_chunks)
-    return outcome
+    return run_job(model, benchmark_job(cfg, items))

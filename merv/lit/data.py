@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from merv.data import load_annotations
 from merv.data.cache import CachedFeatureDataset, FeatureCache, fill_missing_features
-from merv.data.dataset import SkipCounter, VideoTextDataset
+from merv.data.dataset import MAX_SKIP_FRACTION, SkipCounter, VideoTextDataset
 from merv.lit.callbacks import is_sharded
 from merv.video import VideoTensorCache
 
@@ -82,7 +82,7 @@ class MERVDataModule(L.LightningDataModule):
         format: str | None = None,
         batch_size: int = 8,
         num_workers: int = 2,
-        max_skip_fraction: float = 0.1,
+        max_skip_fraction: float = MAX_SKIP_FRACTION,
         pin_memory: bool = True,
         shuffle: bool = True,
         seed: int = 0,

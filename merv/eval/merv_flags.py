@@ -1,7 +1,9 @@
-"""Command-line front ends shared by `scripts/eval_mcq.py`, `scripts/eval_openended.py` and `scripts/eval_gpt.py`.
+"""MERV's evaluation flags, translated to the typed configs: the body of `scripts/eval_mcq.py`,
+`scripts/eval_openended.py` and `scripts/eval_gpt.py`.
 
-The flags follow MERV's evaluation scripts (`--model_path --eval_dataset --num_chunks --chunk_idx
---filename_question --filename_answer --strategy`, `--pred_path --output_file`).
+The flags are MERV's (`--model_path --eval_dataset --num_chunks --chunk_idx --filename_question
+--filename_answer --strategy`, `--pred_path --output_file`), so MERV's job scripts run unchanged; what they
+do is `merv.eval.commands`, the same as `merv eval mcq|openended|judge`.
 """
 
 from __future__ import annotations
@@ -9,25 +11,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from merv.eval.judge import JudgeCache, LocalHFJudge, OpenAIChatJudge, judge_report
-from merv.eval.runner import (
-    STRATEGIES,
-    EvalConfig,
-    evaluate,
-    merge_chunks,
-    read_predictions,
-    run_name,
-    summary_line,
-    write_json_atomic,
-    write_jsonl_atomic,
-    write_report,
-)
-from merv.eval.tasks import file_identity, get_task, list_tasks
+from merv.data.dataset import MAX_SKIP_FRACTION
+from merv.eval.commands import run_benchmark, run_judge
+from merv.eval.judge import JudgeConfig
+from merv.eval.loading import ModelConfig
+from merv.eval.runner import STRATEGIES, EvalConfig, summary_line
+from merv.eval.tasks import get_task, list_tasks
 
 log = logging.getLogger(__name__)
 
@@ -57,57 +50,6 @@ def resolve_data_file(name: str | None, data_root: str, dataset: str, required: 
     if required:
         raise FileNotFoundError(f"annotation file {name!r} not found; tried {', '.join(tried)}")
     return None
-
-
-# Path parts that every run or export shares: they tell models apart only together with the parts above them.
-_GENERIC_PART = re.compile(r"model|run|checkpoints|version_\d+|.*\.ckpt(\.consolidated)?")
-
-
-def default_output_dir(model_path: str, root: str = "eval_results") -> Path:
-    """Where a model's results go by default: `<root>/<name>`, `name` being the model's path from its last
-    distinctive part, joined with `-`.
-
-    Exported models are all called `model` and checkpoints `last.ckpt`, so the name reaches up to the
-    first folder that is not a run, version or checkpoint folder: `outputs/tour/run/version_0/model` gives
-    `eval_results/tour-run-version_0-model`, `models/merv-tiny` gives `eval_results/merv-tiny`, and a
-    registered name stays itself.
-    """
-    path = Path(model_path)
-    parts = (path.resolve() if path.exists() else path).parts
-    name: list[str] = []
-    for part in reversed(parts):
-        if part in ("", "/", ".", ".."):
-            continue
-        name.insert(0, part)
-        if not _GENERIC_PART.fullmatch(part):
-            break
-    return Path(root) / ("-".join(name) or "model")
-
-
-def load_model(
-    model_path: str,
-    device: str | None = None,
-    dtype: str | None = None,
-    video_cache: str | None = None,
-    dataset_id: str = "eval",
-) -> Any:
-    """Load a model for inference: a saved dir, a `.ckpt`, a run dir or a registered name (see `load_vid`).
-
-    With `video_cache`, the model's processor reads decoded, resized clips from that folder and stores the
-    ones it decodes (namespaced by `dataset_id` and the encoders' frame counts and sizes), so later runs on
-    the same benchmark (other checkpoints, strategies or chunks) skip decoding.
-    """
-    import torch
-
-    from merv.models.loading import load_vid
-    from merv.video import VideoTensorCache
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_vid(model_path, dtype=None if dtype is None else getattr(torch, dtype), device=device)
-    if video_cache:
-        processor = model.processor
-        processor.pixel_cache = VideoTensorCache(video_cache, processor.frame_specs, dataset_id, writable=True)
-    return model
 
 
 def _positive_fraction(text: str) -> float:
@@ -150,7 +92,10 @@ def _run_parser(description: str, kind: str) -> argparse.ArgumentParser:
         "--max_new_tokens", type=int, default=None, help="generation length (default 16 for MCQ, 128 open-ended)"
     )
     p.add_argument(
-        "--max_skip_rate", type=_positive_fraction, default=0.2, help="fail when more videos than this are unreadable"
+        "--max_skip_fraction",
+        type=_positive_fraction,
+        default=MAX_SKIP_FRACTION,
+        help="fail when a larger fraction of videos is unreadable",
     )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
     p.add_argument("--device", default=None, help="torch device (default cuda if available)")
@@ -162,7 +107,8 @@ def _run_parser(description: str, kind: str) -> argparse.ArgumentParser:
     return p
 
 
-def _config_from_args(args: argparse.Namespace, strategy: str = "naive") -> EvalConfig:
+def _configs_from_args(args: argparse.Namespace, strategy: str = "naive") -> tuple[ModelConfig, EvalConfig]:
+    model = ModelConfig(args.model_path, args.device, args.dtype, args.video_cache)
     task = get_task(args.eval_dataset)
     qfile = resolve_data_file(args.filename_question, args.data_root, args.eval_dataset, required=True)
     explicit_answer = args.filename_answer is not None
@@ -175,21 +121,21 @@ def _config_from_args(args: argparse.Namespace, strategy: str = "naive") -> Eval
     if video_root is None:
         default = Path(args.data_root) / args.eval_dataset / "videos"
         video_root = str(default if default.is_dir() else qfile.parent)
-    output_dir = args.output_dir or str(default_output_dir(args.model_path))
-    return EvalConfig(
+    cfg = EvalConfig(
         task=task.name,
         question_file=str(qfile),
         answer_file=None if afile is None else str(afile),
         video_root=video_root,
-        output_dir=output_dir,
-        model_path=str(Path(args.model_path).resolve()) if Path(args.model_path).exists() else args.model_path,
+        output_dir=args.output_dir,
+        model_path=model.recorded_path,
         strategy=strategy,  # type: ignore[arg-type]
         max_new_tokens=args.max_new_tokens,
         num_chunks=args.num_chunks,
         chunk_idx=args.chunk_idx,
-        max_skip_rate=args.max_skip_rate,
+        max_skip_fraction=args.max_skip_fraction,
         limit=args.limit,
     )
+    return model, cfg
 
 
 def _add_judge_args(p: argparse.ArgumentParser, model_flag: str, default_judge: str) -> None:
@@ -212,56 +158,21 @@ def _add_judge_args(p: argparse.ArgumentParser, model_flag: str, default_judge: 
     p.add_argument("--judge_device", default="cpu", help="device of the local judge model")
 
 
-def _build_judge(args: argparse.Namespace) -> Any:
-    if args.judge == "match":
-        return None
-    if not args.judge_model:
-        raise SystemExit(f"--judge {args.judge} needs the judge model name or directory")
-    if args.judge == "openai":
-        return OpenAIChatJudge(
-            args.base_url,
-            args.judge_model,
+def _judge_config(p: argparse.ArgumentParser, args: argparse.Namespace) -> JudgeConfig:
+    try:
+        return JudgeConfig(
+            kind=args.judge,
+            model=args.judge_model,
+            base_url=args.base_url,
             api_key_env=args.api_key_env,
-            timeout_s=args.timeout,
-            max_retries=args.max_retries,
             concurrency=args.concurrency,
+            timeout=args.timeout,
+            max_retries=args.max_retries,
+            cache_dir=args.cache_dir,
+            device=args.judge_device,
         )
-    return LocalHFJudge(args.judge_model, device=args.judge_device)
-
-
-def _normalise_prediction_records(records: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
-    """Accept this runner's records and MERV / Video-LLaVA ones (`question_id`, `Q`/`A`)."""
-    out = []
-    for i, rec in enumerate(records):
-        r = dict(rec)
-        for key, alts in (("id", ("question_id",)), ("question", ("Q", "q")), ("answer", ("A", "a"))):
-            if r.get(key) is None:
-                r[key] = next((rec[a] for a in alts if rec.get(a) is not None), None)
-        missing = [k for k in ("id", "question", "answer", "pred") if r.get(k) is None]
-        if missing:
-            raise SystemExit(f"{path}, record {i}: missing field(s) {missing}")
-        out.append(r)
-    return out
-
-
-def score_openended(
-    records: list[dict[str, Any]],
-    args: argparse.Namespace,
-    items_file: Path,
-    type_names: dict[str, str],
-    source: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Judge and string-match section of a report; per-item verdicts go to `items_file`; `source` (the
-    predictions file) is named in errors."""
-    judge = _build_judge(args)
-    cache = None
-    if judge is not None:
-        cache = JudgeCache(args.cache_dir or items_file.parent / "judge_cache")
-    section, items = judge_report(records, judge, cache, args.concurrency, type_names, source)
-    if items:
-        write_jsonl_atomic(items_file, (it.to_dict() for it in items))
-        section["items_file"] = str(items_file.resolve())
-    return section
+    except ValueError as e:
+        p.error(str(e))
 
 
 def mcq_main(argv: Sequence[str] | None = None) -> str | None:
@@ -278,15 +189,11 @@ def mcq_main(argv: Sequence[str] | None = None) -> str | None:
         help="naive: generate and parse the letter; loglik: pick the option with the lowest NLL",
     )
     args = p.parse_args(argv)
-    cfg = _config_from_args(args, args.strategy)
+    model, cfg = _configs_from_args(args, args.strategy)
     if get_task(cfg.task).kind != "mcq":
         p.error(f"{args.eval_dataset} is an open-ended task: use scripts/eval_openended.py")
-    if args.merge_only:
-        name = run_name(get_task(cfg.task), cfg)
-        merge_chunks(cfg.output_dir, name, cfg.num_chunks)
-        return summary_line(write_report(cfg.output_dir, name))
-    outcome = evaluate(load_model(args.model_path, args.device, args.dtype, args.video_cache, cfg.task), cfg)
-    return None if outcome.report is None else summary_line(outcome.report)
+    report = run_benchmark(model, cfg, merge_only=args.merge_only)
+    return None if report is None else summary_line(report)
 
 
 def openended_main(argv: Sequence[str] | None = None) -> str | None:
@@ -295,24 +202,12 @@ def openended_main(argv: Sequence[str] | None = None) -> str | None:
     p = _run_parser("Evaluate a VideoLM on an open-ended video QA benchmark.", "openended")
     _add_judge_args(p, "--judge_model", default_judge="match")
     args = p.parse_args(argv)
-    cfg = _config_from_args(args)
-    task = get_task(cfg.task)
-    if task.kind != "openended":
+    judge = _judge_config(p, args)
+    model, cfg = _configs_from_args(args)
+    if get_task(cfg.task).kind != "openended":
         p.error(f"{args.eval_dataset} is a multiple-choice task: use scripts/eval_mcq.py")
-    name = run_name(task, cfg)
-    if args.merge_only:
-        merge_chunks(cfg.output_dir, name, cfg.num_chunks)
-        report = write_report(cfg.output_dir, name, task)
-    else:
-        report = evaluate(load_model(args.model_path, args.device, args.dtype, args.video_cache, cfg.task), cfg).report
-    if report is None:
-        return None
-    if args.judge != "match":
-        records = read_predictions(report["predictions_file"])
-        items_file = Path(cfg.output_dir) / f"{name}_judge_items.jsonl"
-        report.update(score_openended(records, args, items_file, dict(task.type_names), report["predictions_file"]))
-        write_json_atomic(Path(report["report_file"]), report)
-    return summary_line(report)
+    report = run_benchmark(model, cfg, judge, merge_only=args.merge_only)
+    return None if report is None else summary_line(report)
 
 
 def gpt_main(argv: Sequence[str] | None = None) -> str:
@@ -327,28 +222,12 @@ def gpt_main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--task", default=None, help="task whose question-type names to use (default: from the records)")
     _add_judge_args(p, "--model", default_judge="openai")
     args = p.parse_args(argv)
-    pred_path = Path(args.pred_path)
-    if not pred_path.is_file():
-        p.error(f"--pred_path {pred_path} is not a file")
-    records = _normalise_prediction_records(read_predictions(pred_path), pred_path)
-    task_name = args.task or next((r["task"] for r in records if r.get("task")), None)
-    type_names = dict(get_task(task_name).type_names) if task_name else {}
-    output = Path(args.output_file)
-    items_file = output.with_name(f"{output.stem}_items.jsonl")
-    if args.cache_dir is None:
-        args.cache_dir = str(output.parent / "judge_cache")
-    report: dict[str, Any] = {
-        "task": task_name,
-        "kind": "openended",
-        "predictions_file": file_identity(pred_path),
-        "counts": {
-            "total": len(records),
-            "skipped": sum(r.get("status") == "skipped" for r in records),
-        },
-    }
-    report.update(score_openended(records, args, items_file, type_names, pred_path))
-    write_json_atomic(output, report)
-    log.info("wrote %s", output)
+    if not Path(args.pred_path).is_file():
+        p.error(f"--pred_path {args.pred_path} is not a file")
+    try:
+        report = run_judge(args.pred_path, args.output_file, _judge_config(p, args), args.task)
+    except ValueError as e:  # a record without the fields a judge needs
+        p.error(str(e))
     return summary_line(report)
 
 
