@@ -42,6 +42,7 @@ from merv.video.cache import (
     read_entry,
     write_entry,
 )
+from merv.video.clips import stack_clips, with_clip_axis
 
 if TYPE_CHECKING:
     from merv.models.encoders.base import VisionEncoder
@@ -588,7 +589,7 @@ class CachedFeatureDataset(VideoTextDataset):
         if isinstance(item, SkippedSample):
             return item
         item["pixel_values"] = None
-        item["cached_features"] = [torch.stack(f) for f in zip(*per_video)]  # (V, T, tokens_per_frame, D_e)
+        item["cached_features"] = stack_clips(per_video, multi_clip=True)  # (V, T, tokens_per_frame, D_e)
         item["index"] = index
         return item
 
@@ -619,8 +620,7 @@ class CachedFeatureDataset(VideoTextDataset):
                 for e, feats in enumerate(it["cached_features"]):
                     hits[e].append(feats)
             elif it.get("pixel_values") is not None:
-                first = it["pixel_values"][0]  # (T_e, 3, S, S) for one video, (V, T_e, 3, S, S) for several
-                miss += [True] * (first.shape[0] if first.ndim == 5 else 1)
+                miss += [True] * len(with_clip_axis(it["pixel_values"][0]))
         if not miss:
             return batch
         mask = torch.tensor(miss, dtype=torch.bool)
