@@ -155,14 +155,19 @@ def test_generation_failures_cost_a_line_and_multi_clip_records_are_left_out():
     assert videos == ["ok.mp4", "broken.mp4", "long.mp4"]  # each failed alone; the two-clip record was not shown
 
 
-def test_only_deepspeed_stage_3_counts_as_sharded():
-    from merv.lit.callbacks import is_sharded
+def test_sharded_means_no_rank_holds_every_weight():
+    """Only DeepSpeed's ZeRO-3 shards weights; FSDP does unless told NO_SHARD; a subclass counts like its base."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from merv.lit.strategies import is_sharded
 
     def deepspeed(stage_3: bool):
         return type("DeepSpeedStrategy", (), {"zero_stage_3": stage_3})()
 
     assert is_sharded(deepspeed(True)) and not is_sharded(deepspeed(False))
-    assert is_sharded(FSDPStrategy()) and not is_sharded(object())
+    assert is_sharded(FSDPStrategy()) and is_sharded(type("MyFSDP", (FSDPStrategy,), {})())
+    assert not is_sharded(FSDPStrategy(sharding_strategy="NO_SHARD"))
+    assert not is_sharded(DDPStrategy()) and not is_sharded(object())
 
 
 def test_generation_resumed_at_a_logged_step_waits_for_the_next_one():

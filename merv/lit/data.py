@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from merv.data import load_annotations
 from merv.data.cache import CachedFeatureDataset, FeatureCache, fill_missing_features
 from merv.data.dataset import SkipCounter, VideoTextDataset
-from merv.lit.callbacks import is_sharded
+from merv.lit.strategies import is_sharded
 from merv.video import VideoTensorCache
 
 logger = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from merv.lit.checkpoints import init_weights, merge_adapters_unless_lora
+from merv.lit.strategies import is_sharded
 from merv.models import VideoLM, VideoLMConfig
 from merv.models.prompting import VIDEO_TOKEN
 from merv.models.vidlm import Stage, VideoLMOutput
@@ -203,7 +204,8 @@ class MERVLitModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         strategy = self.trainer.strategy
-        sharded = isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy.name != "NO_SHARD"
+        # DeepSpeed keeps gradients to itself (`p.grad` stays None): only FSDP's shards are summed up here.
+        sharded = isinstance(strategy, FSDPStrategy) and is_sharded(strategy)
         if not grads and not sharded:
             return
         squares = torch.zeros((), device=self.device)
