@@ -210,3 +210,32 @@ def test_fsdp_mixed_precision_stores_the_whole_llm_in_float32():
 def test_half_precision_weights_stay_where_asked_or_where_deepspeed_keeps_masters(precision, strategy):
     lit = _bfloat16_module("finetune", precision=precision, strategy=strategy)
     assert {p.dtype for p in lit.model.llm.parameters()} == {torch.bfloat16}
+
+
+def module_groups(keys) -> set[str]:
+    """`encoders.<i>`, `projectors`, `fusion`, `llm` for state-dict keys."""
+    return {".".join(k.split(".")[:2]) if k.startswith("encoders.") else k.split(".")[0] for k in keys}
+
+
+def test_frozen_weights_from_a_named_source_are_stored_by_reference_in_checkpoints_and_saved_models(tmp_path):
+    """One rule for `.ckpt` files and `save_pretrained`: frozen weights with a named source are left out, trained
+    and randomly initialised ones are kept."""
+    from safetensors import safe_open
+
+    lit = MERVLitModule(VideoLMConfig.tiny(), stage="align")
+    lit.configure_model()
+    model = lit.model
+    model.config.encoders[0].pretrained = "org/siglip"  # as if loaded from there
+    model.config.llm.name_or_path = "org/llm"
+
+    def checkpointed() -> set[str]:
+        checkpoint = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
+        lit.on_save_checkpoint(checkpoint)
+        return module_groups(k.removeprefix("model.") for k in checkpoint["state_dict"])
+
+    assert checkpointed() == {"encoders.1", "projectors", "fusion"}
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        assert module_groups(f.keys()) == {"encoders.1", "projectors", "fusion"}  # the LLM has its own folder
+    model.freeze("finetune")  # a trained LLM is stored whatever it started from
+    assert checkpointed() == {"encoders.1", "projectors", "fusion", "llm"}

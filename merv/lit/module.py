@@ -222,13 +222,8 @@ class MERVLitModule(L.LightningModule):
         # in every checkpoint (a 7B LLM in the align stage would otherwise dominate each file).
         state = checkpoint["state_dict"]
         for name, param in self.model.named_parameters():
-            if not param.requires_grad and self._from_named_source(name):
+            if self.model.stored_by_reference(name, trained=param.requires_grad):
                 state.pop(f"model.{name}", None)
-
-    def _from_named_source(self, name: str) -> bool:
-        if name.startswith("encoders."):
-            return self.config.encoders[int(name.split(".")[1])].pretrained is not None
-        return name.startswith("llm.") and self.config.llm.name_or_path is not None
 
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "video_mask", "pixel_values", "labels", "aligned_features")

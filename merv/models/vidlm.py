@@ -382,10 +382,19 @@ class VideoLM(nn.Module):
 
     # ---- persistence ---------------------------------------------------------------------------
 
-    def _stored_by_reference(self, key: str) -> bool:
-        if not key.startswith("encoders."):
+    def stored_by_reference(self, name: str, trained: bool = False) -> bool:
+        """Whether the weights under state-dict key (or parameter name) `name` are left out of saved files
+        because they are reloaded from the named pretrained source they came from.
+
+        That holds for frozen weights from a named source: an encoder's with `pretrained` set, the LLM's
+        base weights when `config.llm.name_or_path` names them (never its LoRA adapters). `trained` weights
+        are always stored, wherever they started from. Randomly initialised weights are stored by value.
+        """
+        if trained:
             return False
-        return self.config.encoders[int(key.split(".")[1])].pretrained is not None
+        if name.startswith("encoders."):
+            return self.config.encoders[int(name.split(".")[1])].pretrained is not None
+        return name.startswith("llm.") and self.config.llm.name_or_path is not None and "lora_" not in name
 
     def _load_state(self, state: dict[str, torch.Tensor], source: str | Path, llm_loaded: bool = False) -> list[str]:
         """Load a (partial) state dict and return the keys it lacked; shared by every loading path.
@@ -396,12 +405,9 @@ class VideoLM(nn.Module):
         error naming `source`.
         """
         result = self.load_state_dict(state, strict=False)
-        named_llm = self.config.llm.name_or_path is not None
 
         def may_be_missing(key: str) -> bool:
-            if self._stored_by_reference(key):
-                return True
-            return key.startswith("llm.") and (llm_loaded or (named_llm and "lora_" not in key))
+            return self.stored_by_reference(key) or (llm_loaded and key.startswith("llm."))
 
         bad = [k for k in result.missing_keys if not may_be_missing(k)]
         if bad or result.unexpected_keys:
@@ -430,7 +436,7 @@ class VideoLM(nn.Module):
         tensors = {
             k: v.detach().contiguous().cpu()
             for k, v in self.state_dict().items()
-            if not k.startswith("llm.") and not self._stored_by_reference(k)
+            if not k.startswith("llm.") and not self.stored_by_reference(k)  # the LLM has its own folder
         }
         save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
         meta = {"config": self.config.to_dict(), "lora": lora, "stage": self.stage}
