@@ -20,7 +20,8 @@ import torch
 from merv.cli import MERVCLI
 from merv.data.cache import DTYPES, BuildStats, build_feature_cache
 from merv.lit import MERVDataModule, MERVLitModule
-from merv.models.encoders import VisionEncoder, build_encoder
+from merv.models import vidlm
+from merv.models.encoders import VisionEncoder
 from merv.models.vidlm import CONFIG_NAME, WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
@@ -68,11 +69,11 @@ def encoder_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
 def build_encoders(module: MERVLitModule) -> list[VisionEncoder]:
     """The frozen encoders a training run of `module` would hold.
 
-    They are built in the model's order right after the CLI seeded the RNG, as `VideoLM` builds them first,
-    so randomly initialised encoders get the same weights; `init_from` weights are loaded on top. The
-    feature cache keys random encoders by a hash of their weights, so any difference shows up as misses.
+    They are built as `VideoLM` builds them, so randomly initialised encoders get the weights the run's seed
+    gives them; `init_from` weights are loaded on top. The feature cache keys random encoders by a hash of
+    their weights, so any difference would show up as misses.
     """
-    encoders = [build_encoder(e.id, pretrained=e.pretrained, num_frames=e.num_frames) for e in module.config.encoders]
+    encoders = list(vidlm.build_encoders(module.config.encoders))
     if module.hparams.init_from:
         state = encoder_state(module.hparams.init_from)
         for i, enc in enumerate(encoders):

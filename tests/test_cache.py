@@ -32,6 +32,7 @@ from merv.data.dataset import SkippedSample, VideoTextDataset
 from merv.data.synthetic import generate
 from merv.models import VideoLM, VideoLMConfig
 from merv.models.encoders import build_encoder
+from merv.models.vidlm import build_encoders
 from merv.video import PixelMemory, VideoDecodeError, VideoIdentity, VideoTensorCache
 from merv.video.cache import CorruptCacheEntryError, LRUCache
 
@@ -114,6 +115,24 @@ def test_keys_follow_the_model_and_weights_identity():
     torch.manual_seed(0)
     video_model = build_encoder("vivit-tiny", num_frames=8)  # T' = 4: the alignment T defaults to the smallest T'
     assert [k.temporal_tokens for k in encoder_keys([same, video_model], None, 4)] == [4, 4]
+
+
+def test_random_encoders_depend_on_the_seed_not_on_randomness_drawn_before():
+    """The cache builder builds the encoders alone, a run builds the whole model after other code drew random
+    numbers: with the same seed their random encoders, hence their cache keys, are the same."""
+    config = VideoLMConfig.tiny()
+    torch.manual_seed(0)
+    torch.rand(1000)  # e.g. a callback or a data module drew numbers first
+    alone = build_encoders(config.encoders)
+    after_encoders = torch.rand(3)
+    torch.manual_seed(0)
+    model = VideoLM(config)
+    assert encoder_keys(alone, None, 4) == encoder_keys(model.encoders, model.config.temporal_tokens, 4)
+    torch.manual_seed(0)
+    torch.rand(1000)
+    assert torch.equal(torch.rand(3), after_encoders)  # building the encoders drew nothing from the global stream
+    torch.manual_seed(1)
+    assert encoder_keys(build_encoders(config.encoders), None, 4) != encoder_keys(alone, None, 4)
 
 
 def test_weights_identity_of_pretrained_sources_follows_the_files(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from merv.data.dataset import Clip, Processor, SkippedSample, VideoTextDataset, describe_sample, record_clips
+from merv.models.vidlm import aligned_temporal_tokens
 from merv.video import FrameSpec, VideoDecodeError, read_frames
 from merv.video.cache import (
     FORMAT_VERSION,
@@ -159,11 +160,6 @@ class EncoderKey:
     def namespace(self) -> str:
         """Directory name: readable id plus a digest of the whole key."""
         return f"{self.encoder_id}-{digest(self.to_json())}"
-
-
-def aligned_temporal_tokens(encoders: Sequence[VisionEncoder], temporal_tokens: int | None) -> int:
-    """The common T `VideoLM` aligns to: the configured value, else the smallest encoder T'."""
-    return temporal_tokens or min(e.temporal_tokens for e in encoders)
 
 
 def encoder_keys(
