@@ -1,7 +1,7 @@
 """`python -m merv.cache build --config <experiment.yaml> [--out DIR] [--dtype float16|bfloat16|float32]`.
 
 Runs the experiment's frozen encoders once over its annotation files and stores each video's aligned
-features in a feature cache (see `merv.data.cache`); train from it with `--data.feature_cache DIR`.
+features in a feature cache (see `merv.data.features`); train from it with `--data.feature_cache DIR`.
 The experiment YAML is read with the training CLI's own parser, so `--config` files and `--model.*` /
 `--data.*` overrides mean exactly what they mean for `python -m merv.cli fit`. Several processes split
 the videos between them (`--rank/--world-size`, or the `RANK`/`WORLD_SIZE` or SLURM variables).
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from merv.cli import MERVCLI
-from merv.data.cache import DTYPES, BuildStats, build_feature_cache
+from merv.data.features import DTYPES, BuildStats, build_feature_cache
 from merv.lit import MERVDataModule, MERVLitModule
 from merv.models import vidlm
 from merv.models.encoders import VisionEncoder
@@ -87,7 +87,7 @@ def build_encoders(module: MERVLitModule) -> list[VisionEncoder]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m merv.cache",
-        description="Frozen-encoder feature caches for merv experiments (see merv.data.cache).",
+        description="Frozen-encoder feature caches for merv experiments (see merv.data.features).",
         allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True)

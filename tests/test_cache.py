@@ -18,7 +18,8 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from merv.data import load_annotations
-from merv.data.cache import (
+from merv.data.dataset import SkippedSample, VideoTextDataset
+from merv.data.features import (
     CachedFeatureDataset,
     EncoderKey,
     FeatureCache,
@@ -28,7 +29,6 @@ from merv.data.cache import (
     fill_missing_features,
     weights_identity,
 )
-from merv.data.dataset import SkippedSample, VideoTextDataset
 from merv.data.synthetic import generate
 from merv.models import VideoLM, VideoLMConfig
 from merv.models.encoders import build_encoder
@@ -357,7 +357,7 @@ def test_corrupt_entry_is_skipped_like_a_bad_video(records, model, tmp_path, cap
         cache.lookup(VideoIdentity.of(records[1]["video"]))
 
     ds = CachedFeatureDataset(records[:4], model.processor, cache, on_miss="error")
-    with caplog.at_level(logging.WARNING, logger="merv.data.cache"):
+    with caplog.at_level(logging.WARNING, logger="merv.data.features"):
         item = ds[1]
     assert isinstance(item, SkippedSample) and item.path == str(entry)
     assert any("skipping sample 1" in r.message and "corrupt cache entry" in r.message for r in caplog.records)
@@ -552,7 +552,7 @@ def test_a_failing_video_tensor_cache_costs_the_cache_not_the_run(records, model
     processor.pixel_cache = cache = VideoTensorCache(tmp_path, processor.frame_specs, "full-disk", writable=True)
     monkeypatch.setattr(cache_module, "write_entry", disk_full)
     monkeypatch.setattr(cache_module, "read_entry", disk_full)
-    with caplog.at_level(logging.WARNING, logger="merv.data.cache"):
+    with caplog.at_level(logging.WARNING, logger="merv.video.cache"):
         first, second = (processor.preprocess(r["video"]) for r in records[:2])
     assert first[0].dtype == torch.uint8 and second[0].dtype == torch.uint8
     assert cache.misses == 2 and caplog.text.count("cannot store entries") == 1  # warned once

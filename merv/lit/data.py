@@ -11,8 +11,8 @@ import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
 from merv.data import load_annotations
-from merv.data.cache import CachedFeatureDataset, FeatureCache, fill_missing_features
 from merv.data.dataset import SkipCounter, VideoTextDataset
+from merv.data.features import CachedFeatureDataset, FeatureCache, fill_missing_features
 from merv.lit.strategies import is_sharded
 from merv.video import VideoTensorCache
 
