@@ -1,7 +1,7 @@
 """`python -m merv.cache build --config <experiment.yaml> [--out DIR] [--dtype float16|bfloat16|float32]`.
 
 Runs the experiment's frozen encoders once over its annotation files and stores each video's aligned
-features in a feature cache (see `merv.data.features`); train from it with `--data.feature_cache DIR`.
+features in a feature cache (see `merv.data.features`); train from it with `--model.feature_cache DIR`.
 The experiment YAML is read with the training CLI's own parser, so `--config` files and `--model.*` /
 `--data.*` overrides mean exactly what they mean for `python -m merv.cli fit`. Several processes split
 the videos between them (`--rank/--world-size`, or the `RANK`/`WORLD_SIZE` or SLURM variables).
@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     b.add_argument("--config", action="append", required=True, help="experiment YAML (repeat: later ones win)")
-    b.add_argument("--out", help="cache folder (default: data.feature_cache, else $MERV_CACHE/features)")
+    b.add_argument("--out", help="cache folder (default: model.feature_cache, else $MERV_CACHE/features)")
     b.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="storage dtype (default float32)")
     b.add_argument("--splits", nargs="+", choices=sorted(SPLITS), default=sorted(SPLITS), help="annotation splits")
     b.add_argument("--batch-size", type=int, help="videos per encoder pass (default: data.batch_size)")
@@ -120,11 +120,11 @@ def build(args: argparse.Namespace, overrides: Sequence[str]) -> BuildStats:
     cli = _SettingsCLI(MERVLitModule, MERVDataModule, run=False, args=cli_args, seed_everything_default=0)
     module, data = cli.model, cli.datamodule
 
-    root = args.out or data.hparams.feature_cache
+    root = args.out or module.hparams.feature_cache
     if root is None and os.environ.get("MERV_CACHE"):
         root = os.path.join(os.environ["MERV_CACHE"], "features")
     if root is None:
-        raise SystemExit("no cache folder: pass --out, set data.feature_cache in the config, or set $MERV_CACHE")
+        raise SystemExit("no cache folder: pass --out, set model.feature_cache in the config, or set $MERV_CACHE")
     # The data module's own loader, so the cache covers exactly the records training reads.
     records = [r for split in args.splits for r in data._load(getattr(data.hparams, SPLITS[split]))]
     if not records:

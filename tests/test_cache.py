@@ -30,6 +30,7 @@ from merv.data.features import (
     weights_identity,
 )
 from merv.data.synthetic import generate
+from merv.data.visual_inputs import VisualInputs
 from merv.models import VideoLM, VideoLMConfig
 from merv.models.encoders import build_encoder
 from merv.models.vidlm import build_encoders
@@ -444,12 +445,12 @@ class Losses(L.Callback):
 
 
 def test_fit_from_cache_matches_live_fit(data_dir, tmp_path, monkeypatch):
-    """`fit --data.feature_cache` after `merv.cache build` trains on the same losses as a live run; with
+    """`fit --model.feature_cache` after `merv.cli.cache build` trains on the same losses as a live run; with
     `feature_cache_on_miss=error` any key mismatch between the build's encoders and the run's would fail.
     A partly deleted cache still gives the same losses (missing samples are encoded live)."""
     from merv.cache import main as cache_main
     from merv.cli import main as cli_main
-    from merv.lit import data as lit_data
+    from merv.data import visual_inputs
 
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json", batch_size=2)
     cache_main(["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--no-progress"])
@@ -464,11 +465,11 @@ def test_fit_from_cache_matches_live_fit(data_dir, tmp_path, monkeypatch):
 
     callbacks = ["--trainer.callbacks", json.dumps([{"class_path": f"{__name__}.Losses"}])]
     live = fit(*callbacks)
-    cache_flags = ["--data.feature_cache", str(tmp_path / "features")]
-    cached = fit(*callbacks, *cache_flags, "--data.feature_cache_on_miss", "error")
+    cache_flags = ["--model.feature_cache", str(tmp_path / "features")]
+    cached = fit(*callbacks, *cache_flags, "--model.feature_cache_on_miss", "error")
     assert len(live) == 3 and cached == live
 
-    # Without the second video's SigLIP entry the first batch is mixed: the data module encodes that sample
+    # Without the second video's SigLIP entry the first batch is mixed: the module encodes that sample
     # live after the device transfer and merges it with the cached one.
     digest = VideoIdentity.of(data_dir / "videos/shape_0001.mp4").clip_digest
     (entry,) = (tmp_path / "features").glob(f"siglip-tiny-*/{digest[:2]}/{digest}.safetensors")
@@ -479,7 +480,7 @@ def test_fit_from_cache_matches_live_fit(data_dir, tmp_path, monkeypatch):
         filled.append(batch["cache_miss"].tolist())
         return fill_missing_features(batch, model)
 
-    monkeypatch.setattr(lit_data, "fill_missing_features", counting_fill)
+    monkeypatch.setattr(visual_inputs, "fill_missing_features", counting_fill)
     partly = fit(*callbacks, *cache_flags)
     assert filled == [[False, True]]
     torch.testing.assert_close(partly, live, rtol=1e-6, atol=1e-6)
@@ -558,23 +559,14 @@ def test_a_failing_video_tensor_cache_costs_the_cache_not_the_run(records, model
     assert cache.misses == 2 and caplog.text.count("cannot store entries") == 1  # warned once
 
 
-def test_training_datasets_read_the_video_cache_of_the_data_module(records, model, tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    from merv.lit.data import MERVDataModule
-
+def test_training_datasets_read_the_video_cache_of_the_visual_inputs(records, model, tmp_path, monkeypatch):
     decoded = counting_decodes(monkeypatch)
-    lit = SimpleNamespace(processor=copy.copy(model.processor), model=model)
-    fill = MERVDataModule(video_cache=str(tmp_path / "pixels"), video_cache_writable=True)
-    fill.trainer = SimpleNamespace(lightning_module=lit)
-    filled = fill._dataset(records[:2])
+    filled = VisualInputs(model, video_cache=tmp_path / "pixels", video_cache_writable=True).dataset(records[:2])
     first = [filled[i]["pixel_values"] for i in range(2)]
     assert len(decoded) == 2
+    assert model.processor.pixel_cache is None  # the model's own processor (generation, evaluation) has none
 
-    lit.processor = copy.copy(model.processor)
-    read_only = MERVDataModule(video_cache=str(tmp_path / "pixels"))  # the default: read, never write
-    read_only.trainer = SimpleNamespace(lightning_module=lit)
-    dataset = read_only._dataset(records[:3])
+    dataset = VisualInputs(model, video_cache=tmp_path / "pixels").dataset(records[:3])  # read, never write
     again = [dataset[i]["pixel_values"] for i in range(3)]
     assert len(decoded) == 3  # the two cached clips were read, the third decoded ...
     assert len(list((tmp_path / "pixels").rglob("*.safetensors"))) == 2  # ... and not stored
@@ -582,21 +574,38 @@ def test_training_datasets_read_the_video_cache_of_the_data_module(records, mode
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_live_encoding_of_cache_misses_is_refused_when_encoders_are_sharded(records, model, tmp_path):
+def test_the_data_module_builds_its_datasets_through_the_module(records, model, tmp_path):
+    """The module's cache settings decide what samples carry; the data module only asks it for datasets."""
+    from types import SimpleNamespace
+
+    from merv.lit import MERVDataModule, MERVLitModule
+
+    build(records[:2], model, tmp_path / "features")
+    lit = MERVLitModule(VideoLMConfig.tiny(), feature_cache=str(tmp_path / "features"))
+    lit.model = model
+    data = MERVDataModule()
+    data.trainer = SimpleNamespace(lightning_module=lit)
+    dataset = data._dataset(records[:2])
+    assert isinstance(dataset, CachedFeatureDataset) and dataset.cache.root == tmp_path / "features"
+    assert dataset[0]["pixel_values"] is None and dataset[0]["cached_features"] is not None
+
+
+def test_live_encoding_of_cache_misses_is_refused_when_encoders_are_sharded(model, tmp_path):
     from types import SimpleNamespace
 
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from merv.lit.data import MERVDataModule
+    from merv.lit import MERVLitModule
 
-    lit = SimpleNamespace(processor=copy.copy(model.processor), model=model)
-    data = MERVDataModule(feature_cache=str(tmp_path / "features"))
-    data.trainer = SimpleNamespace(lightning_module=lit, strategy=FSDPStrategy())
+    def visual_inputs(**settings) -> VisualInputs:
+        lit = MERVLitModule(VideoLMConfig.tiny(), feature_cache=str(tmp_path / "features"), **settings)
+        lit.model = model
+        lit._trainer = SimpleNamespace(strategy=FSDPStrategy())
+        return lit.visual_inputs
+
     with pytest.raises(ValueError, match="feature_cache_on_miss=error"):
-        data._dataset(records)
-    strict = MERVDataModule(feature_cache=str(tmp_path / "features"), feature_cache_on_miss="error")
-    strict.trainer = data.trainer
-    assert isinstance(strict._dataset(records), CachedFeatureDataset)
+        visual_inputs()
+    assert visual_inputs(feature_cache_on_miss="error").on_miss == "error"
 
 
 def test_pixel_memory_decodes_repeated_clips_once(records, model, monkeypatch):

@@ -23,9 +23,8 @@ def module() -> MERVLitModule:
     return lit
 
 
-def fake_trainer(world_size: int = 1, feature_cache: str | None = None, **extra) -> SimpleNamespace:
-    datamodule = SimpleNamespace(hparams={"feature_cache": feature_cache})
-    return SimpleNamespace(world_size=world_size, global_rank=1, datamodule=datamodule, **extra)
+def fake_trainer(world_size: int = 1, **extra) -> SimpleNamespace:
+    return SimpleNamespace(world_size=world_size, global_rank=1, **extra)
 
 
 def test_an_unreadable_batch_is_skipped_on_one_process(module):
@@ -35,7 +34,8 @@ def test_an_unreadable_batch_is_skipped_on_one_process(module):
 
 @pytest.mark.parametrize("feature_cache", [None, "features/"])
 def test_an_unreadable_batch_still_joins_the_other_ranks_backward(module, monkeypatch, feature_cache):
-    module._trainer = fake_trainer(world_size=2, feature_cache=feature_cache)
+    module._trainer = fake_trainer(world_size=2)
+    monkeypatch.setitem(module.hparams, "feature_cache", feature_cache)
     module.model.zero_grad(set_to_none=True)
     if feature_cache:  # the other ranks read cached features: this one must not run the encoders either
         monkeypatch.setattr(module.model, "encode_aligned", lambda px: pytest.fail("encoders ran"))

@@ -44,8 +44,8 @@ class CachedFeatureDataset(VideoTextDataset):
     `collate` returns `aligned_features` (one `(B_v, T, tokens_per_frame, D_e)` tensor per encoder, B_v videos
     in batch order) when every video of the batch was a hit. Otherwise it returns `partial_features` (cached
     rows, zeros elsewhere), the `cache_miss` row mask and `pixel_values` for the missing rows only; such a
-    batch must go through `fill_missing_features` before the model (`MERVDataModule` does it after the device
-    transfer). Fed to the model unfilled, it fails on the video-count check instead of training on zeros.
+    batch must go through `fill_missing_features` before the model (`VisualInputs.fill_missing` does it after the
+    device transfer). Fed to the model unfilled, it fails on the video-count check instead of training on zeros.
 
     Args:
         records: as for `VideoTextDataset`.
