@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from merv.data import load_annotations
 from merv.data.dataset import SkippedSample, VideoTextDataset
 from merv.data.features import (
+    BuildStats,
     CachedFeatureDataset,
     EncoderKey,
     FeatureCache,
@@ -304,11 +305,11 @@ def test_several_videos_missing_from_the_cache_are_encoded_live(records, model, 
     torch.testing.assert_close(loss(model, fill_missing_features(batch, model)), live_loss, rtol=1e-5, atol=1e-6)
 
 
-def test_build_encoders_reads_only_encoder_tensors_of_a_saved_model(model, tmp_path, monkeypatch):
+def test_the_builder_reads_only_encoder_tensors_of_a_saved_model(model, tmp_path, monkeypatch):
     """`init_from` a `save_pretrained` directory: the encoders come from its safetensors file, the LLM stays shut."""
     from types import SimpleNamespace
 
-    from merv import cache as cache_cli
+    from merv.cli import cache as cache_cli
     from merv.lit import checkpoints
 
     saved = tmp_path / "saved"
@@ -321,7 +322,7 @@ def test_build_encoders_reads_only_encoder_tensors_of_a_saved_model(model, tmp_p
     monkeypatch.setattr(checkpoints, "read_state_dict", refuse)
     module = SimpleNamespace(config=model.config, hparams=SimpleNamespace(init_from=str(saved)))
     torch.manual_seed(123)  # other random weights than the saved model's, so loading is visible
-    encoders = cache_cli.build_encoders(module)
+    encoders = cache_cli.frozen_encoders(module)
     for built, saved_encoder in zip(encoders, model.encoders):
         assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), saved_encoder.state_dict().values()))
     assert all(k.startswith("encoders.") for k in cache_cli.encoder_state(saved))
@@ -404,28 +405,81 @@ def experiment_yaml(path: Path, data_dir: Path, *train_files: str, batch_size: i
 
 
 def test_build_command_then_all_hits(data_dir, tmp_path, capsys):
-    from merv.cache import main
+    from merv.cli.cache import main
 
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json", "instruct.json")
-    out = tmp_path / "features"
-    first = main(["build", "--config", str(experiment), "--out", str(out), "--no-progress", "--dtype", "float16"])
+    command = ["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--no_progress"]
+    assert main([*command, "--dtype", "float16"]) == 0
     # captions and instructions share their 6 training videos: each is encoded once.
-    assert (first.videos, first.built, first.hits, first.failed) == (6, 6, 0, 0)
-    assert len(list(out.rglob("*.safetensors"))) == 12 and len(list(out.glob("*/meta.json"))) == 2
-    second = main(["build", "--config", str(experiment), "--out", str(out), "--no-progress", "--dtype", "float16"])
-    assert (second.videos, second.hits, second.misses, second.built) == (6, 6, 0, 0)
-    printed = capsys.readouterr().out
-    assert "6 videos, 0 hits, 6 misses" in printed and "6 videos, 6 hits, 0 misses" in printed
+    assert "6 videos, 0 hits, 6 misses (0 stale, 0 corrupt), 6 built, 0 failed" in capsys.readouterr().out
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 12
+    assert len(list((tmp_path / "features").glob("*/meta.json"))) == 2
+    assert main([*command, "--dtype", "float16"]) == 0
+    assert "6 videos, 6 hits, 0 misses (0 stale, 0 corrupt), 0 built, 0 failed" in capsys.readouterr().out
     # Asking for another storage dtype rebuilds.
-    third = main(["build", "--config", str(experiment), "--out", str(out), "--no-progress"])
-    assert (third.stale, third.built) == (6, 6)
+    main(command)
+    assert "6 misses (6 stale, 0 corrupt), 6 built" in capsys.readouterr().out
+
+
+def test_build_command_options_and_experiment_overrides(data_dir, tmp_path, monkeypatch):
+    """Snake-case options reach the build; `--data.*` / `--model.*` overrides reach the experiment parser."""
+    from merv.cli import cache as cache_cli
+
+    seen = {}
+
+    def fake_build(records, encoders, root, **kwargs):
+        seen.update(records=len(records), root=root, **kwargs)
+        return BuildStats()
+
+    monkeypatch.setattr(cache_cli, "build_feature_cache", fake_build)
+    experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json")
+    argv = ["build", "--config", str(experiment), "--batch_size", "3", "--data.train_files", f"[{data_dir / 'instruct.json'}]",
+            "--num_workers", "1", "--world_size", "2", "--rank", "1", "--no_progress", "--overwrite", "--dtype", "bfloat16",
+            "--model.feature_cache", str(tmp_path / "from-config"), "--splits", "[train]", "--device", "cpu"]  # fmt: skip
+    assert cache_cli.main(argv) == 0
+    assert seen["records"] == len(load_annotations(data_dir / "instruct.json"))
+    assert seen["root"] == str(tmp_path / "from-config")  # no --out: the model's feature cache
+    assert (seen["batch_size"], seen["num_workers"], seen["rank"], seen["world_size"]) == (3, 1, 1, 2)
+    assert (seen["progress"], seen["overwrite"], seen["dtype"], seen["device"]) == (False, True, torch.bfloat16, "cpu")
+    with pytest.raises(SystemExit):
+        cache_cli.main(["build", "--batch-size", "3", "--config", str(experiment)])  # one flag style: snake_case
+    with pytest.raises(SystemExit, match="--config"):
+        cache_cli.main(["build", "--out", str(tmp_path)])
+
+
+def test_the_builder_encodes_with_the_runs_encoders_whatever_randomness_came_before(model):
+    """A run's encoders come from its seed alone, so the builder's keys (built without the rest of the model,
+    after other code drew random numbers) are the run's."""
+    from types import SimpleNamespace
+
+    from merv.cli.cache import frozen_encoders
+    from merv.lit import MERVLitModule
+
+    torch.manual_seed(0)
+    lit = MERVLitModule(VideoLMConfig.tiny())
+    lit.configure_model()
+    torch.manual_seed(0)
+    torch.rand(4096)  # e.g. the Trainer and callbacks of a run drew numbers the builder never draws
+    built = frozen_encoders(SimpleNamespace(config=lit.config, hparams=SimpleNamespace(init_from=None)))
+    keys = encoder_keys(built, lit.config.temporal_tokens, lit.config.tokens_per_frame)
+    assert keys == FeatureCache.for_model("unused", lit.model).keys
+    assert all(k.weights.startswith("sha256:") for k in keys)
 
 
 @pytest.mark.slow
-def test_python_m_merv_cache_build(data_dir, tmp_path):
+def test_python_m_merv_cli_cache_build(data_dir, tmp_path):
     """The module entry point in a fresh interpreter: a first build writes, a second reports all hits."""
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json")
-    command = [sys.executable, "-m", "merv.cache", "build", "--config", str(experiment), "--out", str(tmp_path / "f")]
+    command = [
+        sys.executable,
+        "-m",
+        "merv.cli.cache",
+        "build",
+        "--config",
+        str(experiment),
+        "--out",
+        str(tmp_path / "f"),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
     outputs = [
         subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout for _ in range(2)
@@ -448,12 +502,12 @@ def test_fit_from_cache_matches_live_fit(data_dir, tmp_path, monkeypatch):
     """`fit --model.feature_cache` after `merv.cli.cache build` trains on the same losses as a live run; with
     `feature_cache_on_miss=error` any key mismatch between the build's encoders and the run's would fail.
     A partly deleted cache still gives the same losses (missing samples are encoded live)."""
-    from merv.cache import main as cache_main
     from merv.cli import main as cli_main
+    from merv.cli.cache import main as cache_main
     from merv.data import visual_inputs
 
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json", batch_size=2)
-    cache_main(["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--no-progress"])
+    cache_main(["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--no_progress"])
 
     def fit(*extra):
         cli = cli_main(

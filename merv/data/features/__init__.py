@@ -20,7 +20,7 @@ into place with `os.replace`, so readers never see half a file and parallel buil
 from merv.data.features.build import BuildStats, build_feature_cache, dedupe_clips
 from merv.data.features.dataset import CachedFeatureDataset, FeatureCacheMissError, OnMiss, fill_missing_features
 from merv.data.features.keys import EncoderKey, encoder_keys, weights_identity
-from merv.data.features.store import DTYPES, CacheLookup, FeatureCache
+from merv.data.features.store import DTYPES, CacheLookup, FeatureCache, StorageDtype
 
 __all__ = [
     "DTYPES",
@@ -31,6 +31,7 @@ __all__ = [
     "FeatureCache",
     "FeatureCacheMissError",
     "OnMiss",
+    "StorageDtype",
     "build_feature_cache",
     "dedupe_clips",
     "encoder_keys",

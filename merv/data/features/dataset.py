@@ -76,7 +76,7 @@ class CachedFeatureDataset(VideoTextDataset):
         if absent:
             logger.warning(
                 "feature cache %s holds nothing for encoder(s) %s: every sample will %s; build it with "
-                "`python -m merv.cache build --config <experiment.yaml>`",
+                "`python -m merv.cli.cache build --config <experiment.yaml>`",
                 cache.root,
                 ", ".join(absent),
                 "be encoded live" if on_miss == "encode" else "fail",
@@ -115,7 +115,7 @@ class CachedFeatureDataset(VideoTextDataset):
         """Decode the whole sample (every clip, for every encoder) or fail, as `on_miss` says."""
         message = f"{sample}, video '{path}': feature cache {found.status}: {found.reason}"
         if self.on_miss == "error":
-            raise FeatureCacheMissError(message + " (on_miss='error'; rebuild with `python -m merv.cache build`)")
+            raise FeatureCacheMissError(message + " (on_miss='error'; rebuild with `python -m merv.cli.cache build`)")
         self._miss_warnings += 1
         log = logger.warning if self._miss_warnings <= _MAX_MISS_WARNINGS else logger.debug
         log("%s; encoding it live", message)

@@ -22,8 +22,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-"""Storage dtypes by name (the `--dtype` choices of `python -m merv.cache build`)."""
+StorageDtype = Literal["float32", "float16", "bfloat16"]
+DTYPES: dict[StorageDtype, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+"""Storage dtypes by name (the `--dtype` choices of `python -m merv.cli.cache build`)."""
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -155,4 +160,4 @@ class FeatureCache:
         return path
 
 
-__all__ = ["DTYPES", "CacheLookup", "FeatureCache"]
+__all__ = ["DTYPES", "CacheLookup", "FeatureCache", "StorageDtype"]
