@@ -27,6 +27,7 @@ from merv.models.llm import LLMConfig, build_llm, load_llm, load_tokenizer
 from merv.models.processor import IGNORE_INDEX, VideoLMProcessor
 from merv.models.projector import Projector
 from merv.models.prompting import VIDEO_TOKEN, PromptBuilder, PromptFormat
+from merv.video.clips import with_clip_axis
 
 logger = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ class VideoLM(nn.Module):
         batch = self.processor.collate(items)
         aligned = None
         if has_video:
-            pixels = [p.unsqueeze(0) for p in self.processor.preprocess(video, start, end)]
+            pixels = [with_clip_axis(p) for p in self.processor.preprocess(video, start, end)]  # (1, T_e, 3, S, S)
             aligned = [a.expand(len(options), *a.shape[1:]) for a in self.encode_aligned(pixels)]
         out = self(
             input_ids=batch["input_ids"].to(self.device),
