@@ -140,7 +140,7 @@ def build(options: BuildOptions, experiment: Sequence[str]) -> BuildStats:
     if root is None:
         raise SystemExit("no cache folder: pass --out, set model.feature_cache in the config, or set $MERV_CACHE")
     # The data module's own loader, so the cache covers exactly the records training reads.
-    records = [r for split in options.splits for r in data._load(getattr(data.hparams, SPLITS[split]))]
+    records = [r for split in options.splits for r in data.load_records(getattr(data.hparams, SPLITS[split]))]
     if not records:
         configs = " ".join(experiment)
         raise SystemExit(f"no records in the {'/'.join(options.splits)} annotation files of {configs}")

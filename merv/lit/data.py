@@ -85,7 +85,8 @@ class MERVDataModule(L.LightningDataModule):
         self._epoch, self._batches_done = 0, 0
         self._resume_from: dict | None = None
 
-    def _load(self, files: list[str] | None) -> list[dict]:
+    def load_records(self, files: list[str] | None) -> list[dict]:
+        """The records of annotation `files`, read as this data module reads them (format, video root)."""
         records: list[dict] = []
         for f in files or []:
             loaded = load_annotations(f, format=self.hparams.format, video_root=self.hparams.video_root)
@@ -95,13 +96,13 @@ class MERVDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and not self.train_records:
-            self.train_records = self._load(self.hparams.train_files)
+            self.train_records = self.load_records(self.hparams.train_files)
             if not self.train_records:
                 raise ValueError("no training records: set data.train_files")
         if stage in ("fit", "validate") and not self.val_records:
-            self.val_records = self._load(self.hparams.val_files)
+            self.val_records = self.load_records(self.hparams.val_files)
         if stage == "test" and not self.test_records:
-            self.test_records = self._load(self.hparams.test_files)
+            self.test_records = self.load_records(self.hparams.test_files)
 
     def _dataset(self, records: list[dict]) -> VideoTextDataset:
         inputs = self.trainer.lightning_module.visual_inputs

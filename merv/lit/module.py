@@ -122,11 +122,6 @@ class MERVLitModule(L.LightningModule):
         logger.info("%s: storing %d trained parameter tensors in float32", trainer.precision, len(half))
 
     @property
-    def processor(self):
-        self.configure_model()
-        return self.model.processor
-
-    @property
     def visual_inputs(self) -> VisualInputs:
         """Builds this model's datasets (pixels, or cached features) and completes partly cached batches."""
         if self._visual_inputs is None:
