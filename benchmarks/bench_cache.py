@@ -14,7 +14,7 @@ Both modes train copies of the same initial weights on the same batches (fixed o
 fusion), taking turns step by step; the table reports median seconds per step:
 
 * live: `VideoTextDataset` decodes and resizes each clip (bench_data.py's clips); the model runs its encoders;
-* cache: `merv.data.cache.build_feature_cache` encodes every clip once (timed separately), then
+* cache: `merv.data.features.build_feature_cache` encodes every clip once (timed separately), then
   `CachedFeatureDataset` batches carry `aligned_features` and no encoder runs.
 
 Prints a table and one JSON line; checks that the losses of both modes agree within `--tolerance`.
@@ -40,8 +40,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Dinov2Config
 
-from merv.data.cache import DTYPES, CachedFeatureDataset, FeatureCache, build_feature_cache
 from merv.data.dataset import VideoTextDataset
+from merv.data.features import DTYPES, CachedFeatureDataset, FeatureCache, build_feature_cache
 from merv.models import VideoLM, VideoLMConfig
 from merv.models.encoders import list_encoders, register_encoder
 from merv.models.encoders.clip import ClipEncoder

@@ -8,7 +8,7 @@ Four ways to produce one training sample's per-encoder pixels, timed on the same
   model normalises them on its device, so no float pass happens here;
 * separate: one `read_frames` per encoder, then its resize (what per-encoder pipelines do);
 * cached: the training path reading every clip's pixels from a filled video tensor cache
-  (`data.video_cache`): no decoding at all.
+  (`model.video_cache`): no decoding at all.
 
 Prints a table and one JSON line. Defaults (MERV's four encoders at 16/16/32/16 frames, all at 224 px,
 from 320x240 30 fps clips) run in about a minute on a CPU core:

@@ -18,7 +18,9 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from merv.data import load_annotations
-from merv.data.cache import (
+from merv.data.dataset import SkippedSample, VideoTextDataset
+from merv.data.features import (
+    BuildStats,
     CachedFeatureDataset,
     EncoderKey,
     FeatureCache,
@@ -28,10 +30,11 @@ from merv.data.cache import (
     fill_missing_features,
     weights_identity,
 )
-from merv.data.dataset import SkippedSample, VideoTextDataset
 from merv.data.synthetic import generate
+from merv.data.visual_inputs import VisualInputs
 from merv.models import VideoLM, VideoLMConfig
 from merv.models.encoders import build_encoder
+from merv.models.vidlm import build_encoders
 from merv.video import PixelMemory, VideoDecodeError, VideoIdentity, VideoTensorCache
 from merv.video.cache import CorruptCacheEntryError, LRUCache
 
@@ -114,6 +117,24 @@ def test_keys_follow_the_model_and_weights_identity():
     torch.manual_seed(0)
     video_model = build_encoder("vivit-tiny", num_frames=8)  # T' = 4: the alignment T defaults to the smallest T'
     assert [k.temporal_tokens for k in encoder_keys([same, video_model], None, 4)] == [4, 4]
+
+
+def test_random_encoders_depend_on_the_seed_not_on_randomness_drawn_before():
+    """The cache builder builds the encoders alone, a run builds the whole model after other code drew random
+    numbers: with the same seed their random encoders, hence their cache keys, are the same."""
+    config = VideoLMConfig.tiny()
+    torch.manual_seed(0)
+    torch.rand(1000)  # e.g. a callback or a data module drew numbers first
+    alone = build_encoders(config.encoders)
+    after_encoders = torch.rand(3)
+    torch.manual_seed(0)
+    model = VideoLM(config)
+    assert encoder_keys(alone, None, 4) == encoder_keys(model.encoders, model.config.temporal_tokens, 4)
+    torch.manual_seed(0)
+    torch.rand(1000)
+    assert torch.equal(torch.rand(3), after_encoders)  # building the encoders drew nothing from the global stream
+    torch.manual_seed(1)
+    assert encoder_keys(build_encoders(config.encoders), None, 4) != encoder_keys(alone, None, 4)
 
 
 def test_weights_identity_of_pretrained_sources_follows_the_files(tmp_path, monkeypatch):
@@ -284,11 +305,11 @@ def test_several_videos_missing_from_the_cache_are_encoded_live(records, model, 
     torch.testing.assert_close(loss(model, fill_missing_features(batch, model)), live_loss, rtol=1e-5, atol=1e-6)
 
 
-def test_build_encoders_reads_only_encoder_tensors_of_a_saved_model(model, tmp_path, monkeypatch):
+def test_the_builder_reads_only_encoder_tensors_of_a_saved_model(model, tmp_path, monkeypatch):
     """`init_from` a `save_pretrained` directory: the encoders come from its safetensors file, the LLM stays shut."""
     from types import SimpleNamespace
 
-    from merv import cache as cache_cli
+    from merv.cli import cache as cache_cli
     from merv.lit import checkpoints
 
     saved = tmp_path / "saved"
@@ -301,7 +322,7 @@ def test_build_encoders_reads_only_encoder_tensors_of_a_saved_model(model, tmp_p
     monkeypatch.setattr(checkpoints, "read_state_dict", refuse)
     module = SimpleNamespace(config=model.config, hparams=SimpleNamespace(init_from=str(saved)))
     torch.manual_seed(123)  # other random weights than the saved model's, so loading is visible
-    encoders = cache_cli.build_encoders(module)
+    encoders = cache_cli.frozen_encoders(module)
     for built, saved_encoder in zip(encoders, model.encoders):
         assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), saved_encoder.state_dict().values()))
     assert all(k.startswith("encoders.") for k in cache_cli.encoder_state(saved))
@@ -338,7 +359,7 @@ def test_corrupt_entry_is_skipped_like_a_bad_video(records, model, tmp_path, cap
         cache.lookup(VideoIdentity.of(records[1]["video"]))
 
     ds = CachedFeatureDataset(records[:4], model.processor, cache, on_miss="error")
-    with caplog.at_level(logging.WARNING, logger="merv.data.cache"):
+    with caplog.at_level(logging.WARNING, logger="merv.data.features"):
         item = ds[1]
     assert isinstance(item, SkippedSample) and item.path == str(entry)
     assert any("skipping sample 1" in r.message and "corrupt cache entry" in r.message for r in caplog.records)
@@ -384,28 +405,81 @@ def experiment_yaml(path: Path, data_dir: Path, *train_files: str, batch_size: i
 
 
 def test_build_command_then_all_hits(data_dir, tmp_path, capsys):
-    from merv.cache import main
+    from merv.cli.cache import main
 
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json", "instruct.json")
-    out = tmp_path / "features"
-    first = main(["build", "--config", str(experiment), "--out", str(out), "--no-progress", "--dtype", "float16"])
+    command = ["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--no_progress"]
+    assert main([*command, "--dtype", "float16"]) == 0
     # captions and instructions share their 6 training videos: each is encoded once.
-    assert (first.videos, first.built, first.hits, first.failed) == (6, 6, 0, 0)
-    assert len(list(out.rglob("*.safetensors"))) == 12 and len(list(out.glob("*/meta.json"))) == 2
-    second = main(["build", "--config", str(experiment), "--out", str(out), "--no-progress", "--dtype", "float16"])
-    assert (second.videos, second.hits, second.misses, second.built) == (6, 6, 0, 0)
-    printed = capsys.readouterr().out
-    assert "6 videos, 0 hits, 6 misses" in printed and "6 videos, 6 hits, 0 misses" in printed
+    assert "6 videos, 0 hits, 6 misses (0 stale, 0 corrupt), 6 built, 0 failed" in capsys.readouterr().out
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 12
+    assert len(list((tmp_path / "features").glob("*/meta.json"))) == 2
+    assert main([*command, "--dtype", "float16"]) == 0
+    assert "6 videos, 6 hits, 0 misses (0 stale, 0 corrupt), 0 built, 0 failed" in capsys.readouterr().out
     # Asking for another storage dtype rebuilds.
-    third = main(["build", "--config", str(experiment), "--out", str(out), "--no-progress"])
-    assert (third.stale, third.built) == (6, 6)
+    main(command)
+    assert "6 misses (6 stale, 0 corrupt), 6 built" in capsys.readouterr().out
+
+
+def test_build_command_options_and_experiment_overrides(data_dir, tmp_path, monkeypatch):
+    """Snake-case options reach the build; `--data.*` / `--model.*` overrides reach the experiment parser."""
+    from merv.cli import cache as cache_cli
+
+    seen = {}
+
+    def fake_build(records, encoders, root, **kwargs):
+        seen.update(records=len(records), root=root, **kwargs)
+        return BuildStats()
+
+    monkeypatch.setattr(cache_cli, "build_feature_cache", fake_build)
+    experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json")
+    argv = ["build", "--config", str(experiment), "--batch_size", "3", "--data.train_files", f"[{data_dir / 'instruct.json'}]",
+            "--num_workers", "1", "--world_size", "2", "--rank", "1", "--no_progress", "--overwrite", "--dtype", "bfloat16",
+            "--model.feature_cache", str(tmp_path / "from-config"), "--splits", "[train]", "--device", "cpu"]  # fmt: skip
+    assert cache_cli.main(argv) == 0
+    assert seen["records"] == len(load_annotations(data_dir / "instruct.json"))
+    assert seen["root"] == str(tmp_path / "from-config")  # no --out: the model's feature cache
+    assert (seen["batch_size"], seen["num_workers"], seen["rank"], seen["world_size"]) == (3, 1, 1, 2)
+    assert (seen["progress"], seen["overwrite"], seen["dtype"], seen["device"]) == (False, True, torch.bfloat16, "cpu")
+    with pytest.raises(SystemExit):
+        cache_cli.main(["build", "--batch-size", "3", "--config", str(experiment)])  # one flag style: snake_case
+    with pytest.raises(SystemExit, match="--config"):
+        cache_cli.main(["build", "--out", str(tmp_path)])
+
+
+def test_the_builder_encodes_with_the_runs_encoders_whatever_randomness_came_before(model):
+    """A run's encoders come from its seed alone, so the builder's keys (built without the rest of the model,
+    after other code drew random numbers) are the run's."""
+    from types import SimpleNamespace
+
+    from merv.cli.cache import frozen_encoders
+    from merv.lit import MERVLitModule
+
+    torch.manual_seed(0)
+    lit = MERVLitModule(VideoLMConfig.tiny())
+    lit.configure_model()
+    torch.manual_seed(0)
+    torch.rand(4096)  # e.g. the Trainer and callbacks of a run drew numbers the builder never draws
+    built = frozen_encoders(SimpleNamespace(config=lit.config, hparams=SimpleNamespace(init_from=None)))
+    keys = encoder_keys(built, lit.config.temporal_tokens, lit.config.tokens_per_frame)
+    assert keys == FeatureCache.for_model("unused", lit.model).keys
+    assert all(k.weights.startswith("sha256:") for k in keys)
 
 
 @pytest.mark.slow
-def test_python_m_merv_cache_build(data_dir, tmp_path):
+def test_python_m_merv_cli_cache_build(data_dir, tmp_path):
     """The module entry point in a fresh interpreter: a first build writes, a second reports all hits."""
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json")
-    command = [sys.executable, "-m", "merv.cache", "build", "--config", str(experiment), "--out", str(tmp_path / "f")]
+    command = [
+        sys.executable,
+        "-m",
+        "merv.cli.cache",
+        "build",
+        "--config",
+        str(experiment),
+        "--out",
+        str(tmp_path / "f"),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
     outputs = [
         subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout for _ in range(2)
@@ -425,15 +499,15 @@ class Losses(L.Callback):
 
 
 def test_fit_from_cache_matches_live_fit(data_dir, tmp_path, monkeypatch):
-    """`fit --data.feature_cache` after `merv.cache build` trains on the same losses as a live run; with
+    """`fit --model.feature_cache` after `merv cache build` trains on the same losses as a live run; with
     `feature_cache_on_miss=error` any key mismatch between the build's encoders and the run's would fail.
     A partly deleted cache still gives the same losses (missing samples are encoded live)."""
-    from merv.cache import main as cache_main
+    from merv.cli.cache import main as cache_main
     from merv.cli.train import main as cli_main
-    from merv.lit import data as lit_data
+    from merv.data import visual_inputs
 
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json", batch_size=2)
-    cache_main(["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--no-progress"])
+    cache_main(["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--no_progress"])
 
     def fit(*extra):
         cli = cli_main(
@@ -445,11 +519,11 @@ def test_fit_from_cache_matches_live_fit(data_dir, tmp_path, monkeypatch):
 
     callbacks = ["--trainer.callbacks", json.dumps([{"class_path": f"{__name__}.Losses"}])]
     live = fit(*callbacks)
-    cache_flags = ["--data.feature_cache", str(tmp_path / "features")]
-    cached = fit(*callbacks, *cache_flags, "--data.feature_cache_on_miss", "error")
+    cache_flags = ["--model.feature_cache", str(tmp_path / "features")]
+    cached = fit(*callbacks, *cache_flags, "--model.feature_cache_on_miss", "error")
     assert len(live) == 3 and cached == live
 
-    # Without the second video's SigLIP entry the first batch is mixed: the data module encodes that sample
+    # Without the second video's SigLIP entry the first batch is mixed: the module encodes that sample
     # live after the device transfer and merges it with the cached one.
     digest = VideoIdentity.of(data_dir / "videos/shape_0001.mp4").clip_digest
     (entry,) = (tmp_path / "features").glob(f"siglip-tiny-*/{digest[:2]}/{digest}.safetensors")
@@ -460,7 +534,7 @@ def test_fit_from_cache_matches_live_fit(data_dir, tmp_path, monkeypatch):
         filled.append(batch["cache_miss"].tolist())
         return fill_missing_features(batch, model)
 
-    monkeypatch.setattr(lit_data, "fill_missing_features", counting_fill)
+    monkeypatch.setattr(visual_inputs, "fill_missing_features", counting_fill)
     partly = fit(*callbacks, *cache_flags)
     assert filled == [[False, True]]
     torch.testing.assert_close(partly, live, rtol=1e-6, atol=1e-6)
@@ -533,29 +607,20 @@ def test_a_failing_video_tensor_cache_costs_the_cache_not_the_run(records, model
     processor.pixel_cache = cache = VideoTensorCache(tmp_path, processor.frame_specs, "full-disk", writable=True)
     monkeypatch.setattr(cache_module, "write_entry", disk_full)
     monkeypatch.setattr(cache_module, "read_entry", disk_full)
-    with caplog.at_level(logging.WARNING, logger="merv.data.cache"):
+    with caplog.at_level(logging.WARNING, logger="merv.video.cache"):
         first, second = (processor.preprocess(r["video"]) for r in records[:2])
     assert first[0].dtype == torch.uint8 and second[0].dtype == torch.uint8
     assert cache.misses == 2 and caplog.text.count("cannot store entries") == 1  # warned once
 
 
-def test_training_datasets_read_the_video_cache_of_the_data_module(records, model, tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    from merv.lit.data import MERVDataModule
-
+def test_training_datasets_read_the_video_cache_of_the_visual_inputs(records, model, tmp_path, monkeypatch):
     decoded = counting_decodes(monkeypatch)
-    lit = SimpleNamespace(processor=copy.copy(model.processor), model=model)
-    fill = MERVDataModule(video_cache=str(tmp_path / "pixels"), video_cache_writable=True)
-    fill.trainer = SimpleNamespace(lightning_module=lit)
-    filled = fill._dataset(records[:2])
+    filled = VisualInputs(model, video_cache=tmp_path / "pixels", video_cache_writable=True).dataset(records[:2])
     first = [filled[i]["pixel_values"] for i in range(2)]
     assert len(decoded) == 2
+    assert model.processor.pixel_cache is None  # the model's own processor (generation, evaluation) has none
 
-    lit.processor = copy.copy(model.processor)
-    read_only = MERVDataModule(video_cache=str(tmp_path / "pixels"))  # the default: read, never write
-    read_only.trainer = SimpleNamespace(lightning_module=lit)
-    dataset = read_only._dataset(records[:3])
+    dataset = VisualInputs(model, video_cache=tmp_path / "pixels").dataset(records[:3])  # read, never write
     again = [dataset[i]["pixel_values"] for i in range(3)]
     assert len(decoded) == 3  # the two cached clips were read, the third decoded ...
     assert len(list((tmp_path / "pixels").rglob("*.safetensors"))) == 2  # ... and not stored
@@ -563,21 +628,38 @@ def test_training_datasets_read_the_video_cache_of_the_data_module(records, mode
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_live_encoding_of_cache_misses_is_refused_when_encoders_are_sharded(records, model, tmp_path):
+def test_the_data_module_builds_its_datasets_through_the_module(records, model, tmp_path):
+    """The module's cache settings decide what samples carry; the data module only asks it for datasets."""
+    from types import SimpleNamespace
+
+    from merv.lit import MERVDataModule, MERVLitModule
+
+    build(records[:2], model, tmp_path / "features")
+    lit = MERVLitModule(VideoLMConfig.tiny(), feature_cache=str(tmp_path / "features"))
+    lit.model = model
+    data = MERVDataModule()
+    data.trainer = SimpleNamespace(lightning_module=lit)
+    dataset = data._dataset(records[:2])
+    assert isinstance(dataset, CachedFeatureDataset) and dataset.cache.root == tmp_path / "features"
+    assert dataset[0]["pixel_values"] is None and dataset[0]["cached_features"] is not None
+
+
+def test_live_encoding_of_cache_misses_is_refused_when_encoders_are_sharded(model, tmp_path):
     from types import SimpleNamespace
 
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from merv.lit.data import MERVDataModule
+    from merv.lit import MERVLitModule
 
-    lit = SimpleNamespace(processor=copy.copy(model.processor), model=model)
-    data = MERVDataModule(feature_cache=str(tmp_path / "features"))
-    data.trainer = SimpleNamespace(lightning_module=lit, strategy=FSDPStrategy())
+    def visual_inputs(**settings) -> VisualInputs:
+        lit = MERVLitModule(VideoLMConfig.tiny(), feature_cache=str(tmp_path / "features"), **settings)
+        lit.model = model
+        lit._trainer = SimpleNamespace(strategy=FSDPStrategy())
+        return lit.visual_inputs
+
     with pytest.raises(ValueError, match="feature_cache_on_miss=error"):
-        data._dataset(records)
-    strict = MERVDataModule(feature_cache=str(tmp_path / "features"), feature_cache_on_miss="error")
-    strict.trainer = data.trainer
-    assert isinstance(strict._dataset(records), CachedFeatureDataset)
+        visual_inputs()
+    assert visual_inputs(feature_cache_on_miss="error").on_miss == "error"
 
 
 def test_pixel_memory_decodes_repeated_clips_once(records, model, monkeypatch):

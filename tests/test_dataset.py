@@ -195,3 +195,31 @@ def test_a_shared_skip_counter_replaces_the_own_one(processor, records):
     dataset = VideoTextDataset(ordered, processor, skip_counter=shared)
     assert dataset.skip_counter is shared
     assert VideoTextDataset(ordered, processor, min_samples=7).skip_counter.min_samples == 7
+
+
+def test_one_rule_for_the_clip_axis(processor, tmp_path):
+    """A sample naming one video keeps `(T_e, 3, S, S)` pixels, a list of clips (even of one) gets `(V, T_e, ...)`;
+    the processor and the dataset give the same tensors, and a batch has one row per video."""
+    from merv.video.clips import stack_clips, with_clip_axis
+
+    a, b = torch.zeros(4, 3, 8, 8), torch.ones(4, 3, 8, 8)
+    assert stack_clips([[a]], multi_clip=False)[0] is a
+    assert [tuple(t.shape) for t in stack_clips([[a], [b]], multi_clip=True)] == [(2, 4, 3, 8, 8)]
+    assert tuple(stack_clips([[a]], multi_clip=True)[0].shape) == (1, 4, 3, 8, 8)
+    assert tuple(with_clip_axis(a).shape) == (1, 4, 3, 8, 8) and with_clip_axis(a[None]).shape == (1, 4, 3, 8, 8)
+
+    path = tmp_path / "clip.mp4"
+    write_video(path, np.zeros((8, 32, 32, 3), dtype=np.uint8), fps=4)
+    path = str(path)
+    pair = "<video>\nThis. <video>\nAnd this?"
+    records = [
+        {"video": path, "conversations": _conversation("one", True)},
+        {"video": [path, path], "conversations": [{"from": "human", "value": pair}, {"from": "gpt", "value": "two"}]},
+    ]
+    dataset = VideoTextDataset(records, processor)
+    for record, item in zip(records, (dataset[0], dataset[1])):
+        direct = processor.videos_pixels(record["video"])
+        assert all(torch.equal(x, y) for x, y in zip(item["pixel_values"], direct))
+    assert [tuple(p.shape) for p in dataset[0]["pixel_values"]] == [(4, 3, 32, 32), (8, 3, 16, 16)]
+    batch = dataset.collate([dataset[0], dataset[1]])
+    assert [tuple(p.shape) for p in batch["pixel_values"]] == [(3, 4, 3, 32, 32), (3, 8, 3, 16, 16)]

@@ -49,8 +49,8 @@ def shorten(argv: list[str]) -> list[str]:
     if is_training(argv) and "--print_config" not in argv:
         steps = "5" if "--ckpt_path" in argv else "3"
         argv += ["--trainer.max_steps", steps, "--data.num_workers", "0", "--trainer.enable_progress_bar", "false"]
-    if argv[1:4] == ["-m", "merv.cache", "build"]:
-        argv += ["--num-workers", "0", "--no-progress"]
+    if argv[1:4] == ["-m", "merv.cli.cache", "build"]:
+        argv += ["--num_workers", "0", "--no_progress"]
     return argv
 
 

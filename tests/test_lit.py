@@ -23,9 +23,8 @@ def module() -> MERVLitModule:
     return lit
 
 
-def fake_trainer(world_size: int = 1, feature_cache: str | None = None, **extra) -> SimpleNamespace:
-    datamodule = SimpleNamespace(hparams={"feature_cache": feature_cache})
-    return SimpleNamespace(world_size=world_size, global_rank=1, datamodule=datamodule, **extra)
+def fake_trainer(world_size: int = 1, **extra) -> SimpleNamespace:
+    return SimpleNamespace(world_size=world_size, global_rank=1, **extra)
 
 
 def test_an_unreadable_batch_is_skipped_on_one_process(module):
@@ -35,7 +34,8 @@ def test_an_unreadable_batch_is_skipped_on_one_process(module):
 
 @pytest.mark.parametrize("feature_cache", [None, "features/"])
 def test_an_unreadable_batch_still_joins_the_other_ranks_backward(module, monkeypatch, feature_cache):
-    module._trainer = fake_trainer(world_size=2, feature_cache=feature_cache)
+    module._trainer = fake_trainer(world_size=2)
+    monkeypatch.setitem(module.hparams, "feature_cache", feature_cache)
     module.model.zero_grad(set_to_none=True)
     if feature_cache:  # the other ranks read cached features: this one must not run the encoders either
         monkeypatch.setattr(module.model, "encode_aligned", lambda px: pytest.fail("encoders ran"))
@@ -155,14 +155,19 @@ def test_generation_failures_cost_a_line_and_multi_clip_records_are_left_out():
     assert videos == ["ok.mp4", "broken.mp4", "long.mp4"]  # each failed alone; the two-clip record was not shown
 
 
-def test_only_deepspeed_stage_3_counts_as_sharded():
-    from merv.lit.callbacks import is_sharded
+def test_sharded_means_no_rank_holds_every_weight():
+    """Only DeepSpeed's ZeRO-3 shards weights; FSDP does unless told NO_SHARD; a subclass counts like its base."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from merv.lit.strategies import is_sharded
 
     def deepspeed(stage_3: bool):
         return type("DeepSpeedStrategy", (), {"zero_stage_3": stage_3})()
 
     assert is_sharded(deepspeed(True)) and not is_sharded(deepspeed(False))
-    assert is_sharded(FSDPStrategy()) and not is_sharded(object())
+    assert is_sharded(FSDPStrategy()) and is_sharded(type("MyFSDP", (FSDPStrategy,), {})())
+    assert not is_sharded(FSDPStrategy(sharding_strategy="NO_SHARD"))
+    assert not is_sharded(DDPStrategy()) and not is_sharded(object())
 
 
 def test_generation_resumed_at_a_logged_step_waits_for_the_next_one():
@@ -205,3 +210,32 @@ def test_fsdp_mixed_precision_stores_the_whole_llm_in_float32():
 def test_half_precision_weights_stay_where_asked_or_where_deepspeed_keeps_masters(precision, strategy):
     lit = _bfloat16_module("finetune", precision=precision, strategy=strategy)
     assert {p.dtype for p in lit.model.llm.parameters()} == {torch.bfloat16}
+
+
+def module_groups(keys) -> set[str]:
+    """`encoders.<i>`, `projectors`, `fusion`, `llm` for state-dict keys."""
+    return {".".join(k.split(".")[:2]) if k.startswith("encoders.") else k.split(".")[0] for k in keys}
+
+
+def test_frozen_weights_from_a_named_source_are_stored_by_reference_in_checkpoints_and_saved_models(tmp_path):
+    """One rule for `.ckpt` files and `save_pretrained`: frozen weights with a named source are left out, trained
+    and randomly initialised ones are kept."""
+    from safetensors import safe_open
+
+    lit = MERVLitModule(VideoLMConfig.tiny(), stage="align")
+    lit.configure_model()
+    model = lit.model
+    model.config.encoders[0].pretrained = "org/siglip"  # as if loaded from there
+    model.config.llm.name_or_path = "org/llm"
+
+    def checkpointed() -> set[str]:
+        checkpoint = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
+        lit.on_save_checkpoint(checkpoint)
+        return module_groups(k.removeprefix("model.") for k in checkpoint["state_dict"])
+
+    assert checkpointed() == {"encoders.1", "projectors", "fusion"}
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        assert module_groups(f.keys()) == {"encoders.1", "projectors", "fusion"}  # the LLM has its own folder
+    model.freeze("finetune")  # a trained LLM is stored whatever it started from
+    assert checkpointed() == {"encoders.1", "projectors", "fusion", "llm"}

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from merv.models.processor import VisualTokensOverflowError
 from merv.video import VideoDecodeError, video_clips
+from merv.video.clips import is_multi_clip, stack_clips
 
 logger = logging.getLogger(__name__)
 
@@ -224,9 +225,7 @@ class VideoTextDataset(Dataset):
                 logger.warning("skipping %s%s: %s", describe_sample(index, record), which, e)
                 return SkippedSample(index, e.path, e.reason)
             per_clip.append(pixels)
-        if not isinstance(record.get("video"), (list, tuple)):
-            return per_clip[0]  # (T_e, 3, S, S) per encoder
-        return [torch.stack(px) for px in zip(*per_clip)]  # (V, T_e, 3, S, S) per encoder
+        return stack_clips(per_clip, is_multi_clip(record.get("video")))  # (T_e, 3, S, S) or (V, T_e, 3, S, S)
 
     def _encode(self, index: int, record: Mapping[str, Any]) -> dict[str, Any] | SkippedSample:
         """Token ids, labels and video mask; a conversation that cannot be encoded is an error naming the sample.

@@ -10,23 +10,10 @@ from typing import Any
 import lightning as L
 import torch
 
+from merv.lit.strategies import is_sharded
 from merv.video import VideoDecodeError
 
 logger = logging.getLogger(__name__)
-
-# Strategies under which no rank holds the full weights (matched by name: DeepSpeed may not be installed).
-SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
-
-
-def is_sharded(strategy: Any) -> bool:
-    """Whether `strategy` (or a strategy it derives from) shards the model's weights across ranks.
-
-    DeepSpeed shards weights only at ZeRO stage 3; stages 1 and 2 keep them whole on every rank.
-    """
-    names = {cls.__name__ for cls in type(strategy).__mro__}
-    if "DeepSpeedStrategy" in names:
-        return bool(getattr(strategy, "zero_stage_3", True))
-    return bool(names & set(SHARDED_STRATEGIES))
 
 
 class ThroughputMonitor(L.Callback):

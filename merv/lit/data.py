@@ -5,16 +5,12 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator
-from typing import Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
 from merv.data import load_annotations
-from merv.data.cache import CachedFeatureDataset, FeatureCache, fill_missing_features
 from merv.data.dataset import MAX_SKIP_FRACTION, SkipCounter, VideoTextDataset
-from merv.lit.callbacks import is_sharded
-from merv.video import VideoTensorCache
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +44,8 @@ class ResumableSampler(DistributedSampler):
 class MERVDataModule(L.LightningDataModule):
     """Training and validation data from annotation files in any supported format.
 
-    The model's processor (tokenizer, prompt format, per-encoder frame specs) comes from the
-    LightningModule, so frame counts and tokenisation are never configured twice.
+    The LightningModule owns the model and its visual inputs: datasets come from its `visual_inputs`, so frame
+    counts, tokenisation and caches are never configured here.
 
     Args:
         train_files: annotation files (or folder-per-class directories) concatenated for training.
@@ -63,14 +59,6 @@ class MERVDataModule(L.LightningDataModule):
         pin_memory: pin batches for faster host-to-GPU copies.
         shuffle: shuffle training samples every epoch (seeded).
         seed: shuffling seed.
-        feature_cache: folder of a feature cache (`python -m merv.cache build --config <experiment.yaml>`);
-            datasets then read the frozen encoders' aligned features from it instead of decoding videos.
-        feature_cache_on_miss: what a sample without a valid cache entry does: `encode` (decode it and run the
-            frozen encoders live, in `on_after_batch_transfer`) or `error` (fail the run, naming the record).
-        video_cache: folder of a video tensor cache: clips whose decoded, resized pixels are there (for the
-            model's frame counts and sizes, and the file as it is now) are read instead of decoded.
-        video_cache_writable: also store the clips decoded while training (off by default, so a run never
-            writes into a cache other runs read).
     """
 
     def __init__(
@@ -86,10 +74,6 @@ class MERVDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         shuffle: bool = True,
         seed: int = 0,
-        feature_cache: str | None = None,
-        feature_cache_on_miss: Literal["encode", "error"] = "encode",
-        video_cache: str | None = None,
-        video_cache_writable: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -101,7 +85,8 @@ class MERVDataModule(L.LightningDataModule):
         self._epoch, self._batches_done = 0, 0
         self._resume_from: dict | None = None
 
-    def _load(self, files: list[str] | None) -> list[dict]:
+    def load_records(self, files: list[str] | None) -> list[dict]:
+        """The records of annotation `files`, read as this data module reads them (format, video root)."""
         records: list[dict] = []
         for f in files or []:
             loaded = load_annotations(f, format=self.hparams.format, video_root=self.hparams.video_root)
@@ -111,43 +96,17 @@ class MERVDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and not self.train_records:
-            self.train_records = self._load(self.hparams.train_files)
+            self.train_records = self.load_records(self.hparams.train_files)
             if not self.train_records:
                 raise ValueError("no training records: set data.train_files")
         if stage in ("fit", "validate") and not self.val_records:
-            self.val_records = self._load(self.hparams.val_files)
+            self.val_records = self.load_records(self.hparams.val_files)
         if stage == "test" and not self.test_records:
-            self.test_records = self._load(self.hparams.test_files)
+            self.test_records = self.load_records(self.hparams.test_files)
 
     def _dataset(self, records: list[dict]) -> VideoTextDataset:
-        module = self.trainer.lightning_module
-        processor = module.processor  # builds the model if needed
-        if self.hparams.video_cache:
-            # One namespace for every split: entries are checked against each video file anyway.
-            processor.pixel_cache = VideoTensorCache(
-                self.hparams.video_cache,
-                processor.frame_specs,
-                "training",
-                writable=self.hparams.video_cache_writable,
-            )
-        if self.hparams.feature_cache:
-            if self.hparams.feature_cache_on_miss == "encode" and is_sharded(self.trainer.strategy):
-                # Only the ranks with a miss would run the sharded encoders, and wait forever for the others
-                # to gather their weights.
-                raise ValueError(
-                    f"data.feature_cache_on_miss=encode cannot run under {type(self.trainer.strategy).__name__}, "
-                    "which shards the encoders: build the cache for every video and set "
-                    "data.feature_cache_on_miss=error"
-                )
-            cache = FeatureCache.for_model(self.hparams.feature_cache, module.model)
-            return CachedFeatureDataset(
-                records,
-                processor,
-                cache,
-                on_miss=self.hparams.feature_cache_on_miss,
-                max_skip_fraction=self.hparams.max_skip_fraction,
-            )
-        return VideoTextDataset(records, processor, max_skip_fraction=self.hparams.max_skip_fraction)
+        inputs = self.trainer.lightning_module.visual_inputs
+        return inputs.dataset(records, max_skip_fraction=self.hparams.max_skip_fraction)
 
     def _loader(self, dataset: VideoTextDataset, sampler=None) -> DataLoader:
         workers = self.hparams.num_workers
@@ -196,10 +155,3 @@ class MERVDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         self._resume_from = dict(state_dict)
         self._epoch, self._batches_done = state_dict["epoch"], state_dict["batches_done"]
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        # A batch the feature cache only partly covers carries pixels for the other samples: encode them with
-        # the frozen encoders here, on the device, so the model always receives complete `aligned_features`.
-        if isinstance(batch, dict) and "cache_miss" in batch:
-            fill_missing_features(batch, self.trainer.lightning_module.model)
-        return batch

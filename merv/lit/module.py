@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any
 
 import lightning as L
@@ -11,12 +12,19 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
+from merv.data.features import OnMiss
+from merv.data.visual_inputs import VisualInputs
 from merv.lit.checkpoints import init_weights, merge_adapters_unless_lora
+from merv.lit.strategies import is_sharded
 from merv.models import VideoLM, VideoLMConfig
 from merv.models.prompting import VIDEO_TOKEN
 from merv.models.vidlm import Stage, VideoLMOutput
 
 logger = logging.getLogger(__name__)
+
+# Lightning notes that a module's `on_after_batch_transfer` is used although a data module was passed: that is
+# the intent here, the module completing batches with its own encoders (the data module has no such hook).
+warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule`")
 
 
 class MERVLitModule(L.LightningModule):
@@ -33,6 +41,17 @@ class MERVLitModule(L.LightningModule):
         warmup_ratio: fraction of the total steps spent warming up linearly from 0.
         min_lr_ratio: the cosine schedule ends at `lr * min_lr_ratio`.
         gradient_checkpointing: recompute LLM activations in backward to save memory.
+        feature_cache: folder of a feature cache (`merv cache build --config <experiment.yaml>`);
+            training then reads the frozen encoders' aligned features from it instead of decoding videos.
+        feature_cache_on_miss: what a sample without a valid cache entry does: `encode` (decode it and run the
+            frozen encoders live, in `on_after_batch_transfer`) or `error` (fail the run, naming the record).
+        video_cache: folder of a video tensor cache: clips whose decoded, resized pixels are there (for the
+            model's frame counts and sizes, and the file as it is now) are read instead of decoded.
+        video_cache_writable: also store the clips decoded while training (off by default, so a run never
+            writes into a cache other runs read).
+
+    The module owns the model and therefore its visual inputs: the data module builds its datasets through
+    `visual_inputs`, which holds both caches.
     """
 
     def __init__(
@@ -46,6 +65,10 @@ class MERVLitModule(L.LightningModule):
         warmup_ratio: float = 0.03,
         min_lr_ratio: float = 0.0,
         gradient_checkpointing: bool = False,
+        feature_cache: str | None = None,
+        feature_cache_on_miss: OnMiss = "encode",
+        video_cache: str | None = None,
+        video_cache_writable: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(vidlm, dict):  # from a checkpoint's hyper-parameters
@@ -56,6 +79,7 @@ class MERVLitModule(L.LightningModule):
         self.config = vidlm
         self.stage = stage
         self.model: VideoLM | None = None
+        self._visual_inputs: VisualInputs | None = None
         # Frozen weights from a named pretrained source are not stored in checkpoints (see on_save_checkpoint).
         self.strict_loading = False
 
@@ -98,9 +122,34 @@ class MERVLitModule(L.LightningModule):
         logger.info("%s: storing %d trained parameter tensors in float32", trainer.precision, len(half))
 
     @property
-    def processor(self):
-        self.configure_model()
-        return self.model.processor
+    def visual_inputs(self) -> VisualInputs:
+        """Builds this model's datasets (pixels, or cached features) and completes partly cached batches."""
+        if self._visual_inputs is None:
+            self.configure_model()
+            hp = self.hparams
+            if hp.feature_cache and hp.feature_cache_on_miss == "encode" and self._trainer is not None:
+                strategy = self.trainer.strategy
+                if is_sharded(strategy):
+                    # Only the ranks with a miss would run the sharded encoders, and wait forever for the others
+                    # to gather their weights.
+                    raise ValueError(
+                        f"model.feature_cache_on_miss=encode cannot run under {type(strategy).__name__}, which "
+                        "shards the encoders: build the cache for every video and set "
+                        "model.feature_cache_on_miss=error"
+                    )
+            self._visual_inputs = VisualInputs(
+                self.model,
+                feature_cache=hp.feature_cache,
+                on_miss=hp.feature_cache_on_miss,
+                video_cache=hp.video_cache,
+                video_cache_writable=hp.video_cache_writable,
+            )
+        return self._visual_inputs
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # A batch the feature cache only partly covers carries pixels for the other samples: encode them with
+        # the frozen encoders here, on the device, so the model always receives complete `aligned_features`.
+        return self.visual_inputs.fill_missing(batch)
 
     def forward(self, batch: dict[str, Any]):
         return self.model(**{k: v for k, v in batch.items() if k in _MODEL_INPUTS})
@@ -154,15 +203,14 @@ class MERVLitModule(L.LightningModule):
 
     def _stand_in_batch(self) -> dict[str, Any]:
         """One blank video and a one-word answer, shaped like a real batch: pixels, or aligned features when
-        the data module reads a feature cache (then the other ranks do not run the encoders either)."""
+        training reads a feature cache (then the other ranks do not run the encoders either)."""
         model = self.model
         sample = {
             "video": torch.zeros(max(model.processor.frame_counts), 32, 32, 3, dtype=torch.uint8),
             "conversations": [{"from": "human", "value": f"{VIDEO_TOKEN}\n."}, {"from": "gpt", "value": "."}],
         }
         batch = model.prepare_batch([sample])
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if getattr(datamodule, "hparams", {}).get("feature_cache"):
+        if self.hparams.feature_cache:
             shape = (1, model.temporal_tokens, self.config.tokens_per_frame)
             batch["aligned_features"] = [torch.zeros(*shape, enc.embed_dim) for enc in model.encoders]
             batch["pixel_values"] = None
@@ -203,7 +251,8 @@ class MERVLitModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         strategy = self.trainer.strategy
-        sharded = isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy.name != "NO_SHARD"
+        # DeepSpeed keeps gradients to itself (`p.grad` stays None): only FSDP's shards are summed up here.
+        sharded = isinstance(strategy, FSDPStrategy) and is_sharded(strategy)
         if not grads and not sharded:
             return
         squares = torch.zeros((), device=self.device)
@@ -220,13 +269,8 @@ class MERVLitModule(L.LightningModule):
         # in every checkpoint (a 7B LLM in the align stage would otherwise dominate each file).
         state = checkpoint["state_dict"]
         for name, param in self.model.named_parameters():
-            if not param.requires_grad and self._from_named_source(name):
+            if self.model.stored_by_reference(name, trained=param.requires_grad):
                 state.pop(f"model.{name}", None)
-
-    def _from_named_source(self, name: str) -> bool:
-        if name.startswith("encoders."):
-            return self.config.encoders[int(name.split(".")[1])].pretrained is not None
-        return name.startswith("llm.") and self.config.llm.name_or_path is not None
 
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "video_mask", "pixel_values", "labels", "aligned_features")

@@ -14,6 +14,7 @@ import torch
 
 from merv.models.prompting import GPT, VIDEO_TOKEN, PromptFormat, Segment, normalize_role
 from merv.video import FrameSpec, PixelCache, gather_frames, read_frames, video_clips
+from merv.video.clips import is_multi_clip, stack_clips, with_clip_axis
 
 IGNORE_INDEX = -100
 
@@ -206,16 +207,13 @@ class VideoLMProcessor:
         clips = video_clips(video, start, end)
         if not clips:
             return None
-        per_video = [self.preprocess(v, s, e) for v, s, e in clips]
-        if not isinstance(video, (list, tuple)):
-            return per_video[0]
-        return [torch.stack(px) for px in zip(*per_video)]
+        return stack_clips([self.preprocess(v, s, e) for v, s, e in clips], is_multi_clip(video))
 
     @staticmethod
     def num_videos(video) -> int:
         if video is None:
             return 0
-        return len(video) if isinstance(video, (list, tuple)) else 1
+        return len(video) if is_multi_clip(video) else 1
 
     def item(self, sample: dict[str, Any]) -> dict[str, Any]:
         """A sample dict (`video` path/frames/list or None, `conversations`, optional `start`/`end`) → an item."""
@@ -251,9 +249,8 @@ class VideoLMProcessor:
         if all("labels" in it for it in items):
             batch["labels"] = torch.stack([pad(it["labels"], IGNORE_INDEX) for it in items])
         with_video = [it["pixel_values"] for it in items if it.get("pixel_values") is not None]
-        # An item holds `(T_e, 3, S, S)` for one video or `(V, T_e, 3, S, S)` for several.
         batch["pixel_values"] = (
-            [torch.cat([p if p.ndim == 5 else p.unsqueeze(0) for p in px]) for px in zip(*with_video)]
+            [torch.cat([with_clip_axis(p) for p in px]) for px in zip(*with_video)]  # (B_v, T_e, 3, S, S)
             if with_video
             else None
         )

@@ -7,9 +7,11 @@ Plain PyTorch (no Lightning): build from a `VideoLMConfig`, `freeze(stage)`, cal
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,12 +21,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from merv.models.encoders import build_encoder
+from merv.models.encoders import VisionEncoder, build_encoder
 from merv.models.fusion import FusionKind, build_fusion
 from merv.models.llm import LLMConfig, build_llm, load_llm, load_tokenizer
 from merv.models.processor import IGNORE_INDEX, VideoLMProcessor
 from merv.models.projector import Projector
 from merv.models.prompting import VIDEO_TOKEN, PromptBuilder, PromptFormat
+from merv.video.clips import with_clip_axis
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +121,31 @@ class VideoLMOutput:
     """Per-encoder fusion weights `(B_v, E)` of the videos in the batch (None for concat fusions)."""
 
 
+def aligned_temporal_tokens(encoders: Sequence[VisionEncoder], temporal_tokens: int | None = None) -> int:
+    """The common temporal length T every encoder's tokens are aligned to: `temporal_tokens` when set (the
+    config's value), else the smallest temporal token count T' among the encoders."""
+    return temporal_tokens or min(e.temporal_tokens for e in encoders)
+
+
+def build_encoders(configs: Sequence[EncoderConfig]) -> nn.ModuleList:
+    """The frozen encoders of a model with these encoder configs, in their order.
+
+    Randomly initialised weights are drawn from a stream seeded by the process's seed (`torch.initial_seed()`,
+    which `seed_everything` and `torch.manual_seed` set) and the encoder's position, not from the global random
+    stream, which is left as it was. So one seed gives the same encoders however much randomness was drawn
+    before: the feature cache builder, which builds the encoders without the rest of the model, gets the very
+    weights training will hold (random encoders are keyed by a hash of their weights). Named pretrained
+    weights are loaded over the random ones.
+    """
+    encoders = nn.ModuleList()
+    for index, cfg in enumerate(configs):
+        mixed = hashlib.sha256(f"{torch.initial_seed()}/{index}".encode()).digest()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(mixed[:8], "little"))
+            encoders.append(build_encoder(cfg.id, pretrained=cfg.pretrained, num_frames=cfg.num_frames))
+    return encoders
+
+
 def _is_peft(module: nn.Module) -> bool:
     return hasattr(module, "peft_config")
 
@@ -140,15 +168,13 @@ class VideoLM(nn.Module):
                 f"tokens_per_frame={config.tokens_per_frame} must be a positive square number (1, 4, 9, 16, ...): "
                 "each frame's spatial tokens are pooled to a square grid"
             )
-        self.encoders = nn.ModuleList(
-            build_encoder(e.id, pretrained=e.pretrained, num_frames=e.num_frames) for e in config.encoders
-        )
+        self.encoders = build_encoders(config.encoders)
         for enc_cfg, enc in zip(config.encoders, self.encoders):
             enc_cfg.num_frames = enc.num_frames  # the saved config states every frame count
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.llm)
         self.llm = llm if llm is not None else build_llm(config.llm, self.tokenizer)
         width = self.llm.get_input_embeddings().embedding_dim
-        self.temporal_tokens = config.temporal_tokens or min(e.temporal_tokens for e in self.encoders)
+        self.temporal_tokens = aligned_temporal_tokens(self.encoders, config.temporal_tokens)
         self.projectors = nn.ModuleList(Projector(e.embed_dim, width, config.projector) for e in self.encoders)
         self.fusion = build_fusion(config.fusion, width, len(self.encoders))
         self.config = config
@@ -370,7 +396,7 @@ class VideoLM(nn.Module):
         batch = self.processor.collate(items)
         aligned = None
         if has_video:
-            pixels = [p.unsqueeze(0) for p in self.processor.preprocess(video, start, end)]
+            pixels = [with_clip_axis(p) for p in self.processor.preprocess(video, start, end)]  # (1, T_e, 3, S, S)
             aligned = [a.expand(len(options), *a.shape[1:]) for a in self.encode_aligned(pixels)]
         out = self(
             input_ids=batch["input_ids"].to(self.device),
@@ -382,10 +408,19 @@ class VideoLM(nn.Module):
 
     # ---- persistence ---------------------------------------------------------------------------
 
-    def _stored_by_reference(self, key: str) -> bool:
-        if not key.startswith("encoders."):
+    def stored_by_reference(self, name: str, trained: bool = False) -> bool:
+        """Whether the weights under state-dict key (or parameter name) `name` are left out of saved files
+        because they are reloaded from the named pretrained source they came from.
+
+        That holds for frozen weights from a named source: an encoder's with `pretrained` set, the LLM's
+        base weights when `config.llm.name_or_path` names them (never its LoRA adapters). `trained` weights
+        are always stored, wherever they started from. Randomly initialised weights are stored by value.
+        """
+        if trained:
             return False
-        return self.config.encoders[int(key.split(".")[1])].pretrained is not None
+        if name.startswith("encoders."):
+            return self.config.encoders[int(name.split(".")[1])].pretrained is not None
+        return name.startswith("llm.") and self.config.llm.name_or_path is not None and "lora_" not in name
 
     def _load_state(self, state: dict[str, torch.Tensor], source: str | Path, llm_loaded: bool = False) -> list[str]:
         """Load a (partial) state dict and return the keys it lacked; shared by every loading path.
@@ -396,12 +431,9 @@ class VideoLM(nn.Module):
         error naming `source`.
         """
         result = self.load_state_dict(state, strict=False)
-        named_llm = self.config.llm.name_or_path is not None
 
         def may_be_missing(key: str) -> bool:
-            if self._stored_by_reference(key):
-                return True
-            return key.startswith("llm.") and (llm_loaded or (named_llm and "lora_" not in key))
+            return self.stored_by_reference(key) or (llm_loaded and key.startswith("llm."))
 
         bad = [k for k in result.missing_keys if not may_be_missing(k)]
         if bad or result.unexpected_keys:
@@ -430,7 +462,7 @@ class VideoLM(nn.Module):
         tensors = {
             k: v.detach().contiguous().cpu()
             for k, v in self.state_dict().items()
-            if not k.startswith("llm.") and not self._stored_by_reference(k)
+            if not k.startswith("llm.") and not self.stored_by_reference(k)  # the LLM has its own folder
         }
         save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
         meta = {"config": self.config.to_dict(), "lora": lora, "stage": self.stage}

@@ -196,8 +196,8 @@ def read_entry(path: Path, names: Sequence[str] | None) -> tuple[dict[str, str],
 class VideoTensorCache:
     """On-disk cache of decoded, resized per-encoder pixels (`processor.preprocess` output).
 
-    Set it as a processor's `pixel_cache` (the eval scripts' `--video_cache`, the data module's
-    `data.video_cache`) and every video file that processor reads is looked up here before it is decoded.
+    Set it as a processor's `pixel_cache` (the eval scripts' `--video_cache`, training's
+    `model.video_cache`) and every video file that processor reads is looked up here before it is decoded.
     Entries live in a namespace per (dataset identity, every encoder's frame count, size and normalisation)
     and are checked against the video file's identity like feature-cache entries. The cache is read-only
     unless `writable=True`: a read-only cache stores nothing it is offered, so a training run never writes

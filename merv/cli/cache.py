@@ -1,0 +1,249 @@
+"""`merv cache build --config <experiment.yaml> [--out DIR] [--dtype float16|bfloat16|float32]`.
+
+Runs the experiment's frozen encoders once over its annotation files and stores each video's aligned
+features in a feature cache (see `merv.data.features`); train from it with `--model.feature_cache DIR`.
+The experiment YAML is read with the training CLI's own parser, so `--config` files and `--model.*` /
+`--data.*` overrides mean exactly what they mean for `python -m merv.cli fit`. Several processes split
+the videos between them (`--rank`/`--world_size`, or the `RANK`/`WORLD_SIZE` or SLURM variables).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import logging
+import os
+import sys
+import textwrap
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jsonargparse import ActionYesNo, ArgumentParser
+
+from merv.cli.train import MERVCLI
+from merv.data.features import DTYPES, BuildStats, StorageDtype, build_feature_cache
+from merv.lit import MERVDataModule, MERVLitModule
+from merv.models.encoders import VisionEncoder
+from merv.models.vidlm import CONFIG_NAME, WEIGHTS_NAME, build_encoders
+
+logger = logging.getLogger(__name__)
+
+SPLITS = {"train": "train_files", "val": "val_files", "test": "test_files"}
+_EXPERIMENT_FLAGS = ("--config", "--seed_everything", "--model", "--data", "--trainer")
+"""Flags (and `--model.*`, `--data.*`, `--trainer.*`) that belong to the experiment, not to the command."""
+
+
+@dataclass
+class BuildOptions:
+    """Options of `build`; the experiment itself comes from `--config` files and `--model.*` / `--data.*`
+    overrides, read by the training CLI's parser."""
+
+    out: str | None = None
+    """Cache folder (default: model.feature_cache, else $MERV_CACHE/features)."""
+    dtype: StorageDtype = "float32"
+    """Storage dtype; float16 and bfloat16 halve the disk space."""
+    splits: list[Literal["train", "val", "test"]] = field(default_factory=lambda: list(SPLITS))
+    """Annotation splits whose videos are encoded."""
+    batch_size: int | None = None
+    """Videos per encoder pass (default: data.batch_size)."""
+    num_workers: int | None = None
+    """Decoding workers (default: data.num_workers)."""
+    device: str | None = None
+    """Where the encoders run (default: cuda:LOCAL_RANK when CUDA is available, else cpu)."""
+    rank: int | None = None
+    """This process's shard (default: $RANK, $SLURM_PROCID or 0)."""
+    world_size: int | None = None
+    """Number of shards (default: $WORLD_SIZE, $SLURM_NTASKS or 1)."""
+    overwrite: bool = False
+    """Rebuild entries that are already valid."""
+    progress: bool = True
+    """Show progress bars (`--no_progress` hides them)."""
+    log_level: str = "INFO"
+    """Logging level."""
+
+
+class _SettingsCLI(MERVCLI):
+    """Parses an experiment exactly like `merv.cli` but builds only the module and data module settings.
+
+    A Trainer is never built: its strategy (FSDP, DeepSpeed) could start distributed setup a build does not need.
+    """
+
+    def instantiate_classes(self) -> None:
+        self.config_init = self.parser.instantiate_classes(self.config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return default
+
+
+def encoder_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The `encoders.*` tensors of an `init_from` source, without loading the rest of the model.
+
+    A `save_pretrained` directory is read key by key from its safetensors file (the LLM under `llm/` is
+    never opened); Lightning checkpoints and run directories go through `read_state_dict`.
+    """
+    path = Path(source)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:
+            names = f.keys()  # a safe_open handle lists its tensors only through keys()
+            return {k: f.get_tensor(k) for k in names if k.startswith("encoders.")}
+    from merv.lit.checkpoints import read_state_dict
+
+    return {k: v for k, v in read_state_dict(path).items() if k.startswith("encoders.")}
+
+
+def frozen_encoders(module: MERVLitModule) -> list[VisionEncoder]:
+    """The frozen encoders a training run of `module` would hold, without building the rest of its model.
+
+    They are built by `build_encoders`, as `VideoLM` builds them, so randomly initialised encoders get the
+    weights the run's seed gives them whatever else drew random numbers first; `init_from` weights are loaded
+    on top. The feature cache keys random encoders by a hash of their weights, so any difference would show
+    up as misses.
+    """
+    encoders = list(build_encoders(module.config.encoders))
+    if module.hparams.init_from:
+        state = encoder_state(module.hparams.init_from)
+        for i, enc in enumerate(encoders):
+            prefix = f"encoders.{i}."
+            own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if own:
+                enc.load_state_dict(own)
+    return encoders
+
+
+def build(options: BuildOptions, experiment: Sequence[str]) -> BuildStats:
+    """The `build` command: parse the experiment, build its encoders, fill the cache, print the counts.
+
+    Args:
+        options: the command's options.
+        experiment: the experiment's arguments for the training CLI's parser (`--config FILE`, overrides).
+    """
+    logging.basicConfig(level=options.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    cli = _SettingsCLI(MERVLitModule, MERVDataModule, run=False, args=list(experiment), seed_everything_default=0)
+    module, data = cli.model, cli.datamodule
+
+    root = options.out or module.hparams.feature_cache
+    if root is None and os.environ.get("MERV_CACHE"):
+        root = os.path.join(os.environ["MERV_CACHE"], "features")
+    if root is None:
+        raise SystemExit("no cache folder: pass --out, set model.feature_cache in the config, or set $MERV_CACHE")
+    # The data module's own loader, so the cache covers exactly the records training reads.
+    records = [r for split in options.splits for r in data.load_records(getattr(data.hparams, SPLITS[split]))]
+    if not records:
+        configs = " ".join(experiment)
+        raise SystemExit(f"no records in the {'/'.join(options.splits)} annotation files of {configs}")
+
+    rank = options.rank if options.rank is not None else _env_int("RANK", "SLURM_PROCID", default=0)
+    world = options.world_size
+    if world is None:
+        world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    device = options.device
+    if device is None:
+        local = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    stats = build_feature_cache(
+        records,
+        frozen_encoders(module),
+        root,
+        temporal_tokens=module.config.temporal_tokens,
+        tokens_per_frame=module.config.tokens_per_frame,
+        dtype=DTYPES[options.dtype],
+        batch_size=options.batch_size or data.hparams.batch_size,
+        num_workers=data.hparams.num_workers if options.num_workers is None else options.num_workers,
+        device=device,
+        rank=rank,
+        world_size=world,
+        overwrite=options.overwrite,
+        progress=options.progress,
+    )
+    print(f"feature cache {root}: {stats.summary()}")
+    return stats
+
+
+def split_experiment_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate the experiment's arguments (`--config FILE`, `--seed_everything N`, `--model.*`, `--data.*`,
+    `--trainer.*`, each with its value) from the command's own.
+
+    Returns:
+        `(experiment, own)`, each in the order given.
+    """
+    experiment: list[str] = []
+    own: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name.split(".", 1)[0] not in _EXPERIMENT_FLAGS:
+            own.append(arg)
+            continue
+        experiment.append(arg)
+        if "=" not in arg:
+            value = next(args, None)
+            if value is None:
+                raise SystemExit(f"{arg} expects a value")
+            experiment.append(value)
+    return experiment, own
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, for `--help`."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {
+        a.target.id: b.value.value
+        for a, b in zip(body, body[1:])
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+    }
+
+
+def _options_parser(cls: type, description: str) -> ArgumentParser:
+    """A parser with one `--<field>` per dataclass field; booleans are switches (`--overwrite`, `--no_progress`)."""
+    parser = ArgumentParser(description=description)
+    hints, docs = typing.get_type_hints(cls), _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if hints[f.name] is bool:
+            parser.add_argument(f"--{f.name}", action=ActionYesNo, default=default, help=docs.get(f.name))
+        else:
+            parser.add_argument(f"--{f.name}", type=hints[f.name], default=default, help=docs.get(f.name))
+    return parser
+
+
+def parser() -> ArgumentParser:
+    """The command line of `merv cache` (also `python -m merv.cli.cache`)."""
+    main_parser = ArgumentParser(prog="merv cache", description="Frozen-encoder feature caches for merv experiments.")
+    commands = main_parser.add_subcommands(dest="subcommand")
+    build_parser = _options_parser(
+        BuildOptions,
+        "Fill a feature cache for an experiment: `--config <experiment.yaml>` (repeatable, later ones win) and "
+        "`--model.*` / `--data.*` overrides go to the training CLI's parser.",
+    )
+    commands.add_subcommand("build", build_parser, help="encode a dataset once and store the aligned features")
+    return main_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `merv cache`; returns the exit status."""
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    experiment, own = split_experiment_args(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(own)
+    if args.subcommand == "build":
+        if not any(a.split("=", 1)[0] == "--config" for a in experiment):
+            raise SystemExit("build needs the experiment: --config <experiment.yaml>")
+        options = args.build.as_dict()
+        build(BuildOptions(**{f.name: options[f.name] for f in dataclasses.fields(BuildOptions)}), experiment)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
