@@ -24,7 +24,7 @@ from merv.models.fusion import FusionKind, build_fusion
 from merv.models.llm import LLMConfig, build_llm, load_llm, load_tokenizer
 from merv.models.processor import IGNORE_INDEX, VideoLMProcessor
 from merv.models.projector import Projector
-from merv.models.prompting import VIDEO_TOKEN, PromptBuilder, PromptFormat
+from merv.models.prompting import GPT, HUMAN, VIDEO_TOKEN, PromptBuilder, PromptFormat
 
 logger = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class VideoLM(nn.Module):
         has_video = video is not None
         prompt = f"{VIDEO_TOKEN}\n{question}" if has_video and VIDEO_TOKEN not in question else question
         items = [
-            self.processor.encode([{"from": "human", "value": prompt}, {"from": "gpt", "value": o}], has_video)
+            self.processor.encode([{"from": HUMAN, "value": prompt}, {"from": GPT, "value": o}], has_video)
             for o in options
         ]
         for it in items:
