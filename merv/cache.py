@@ -21,7 +21,8 @@ from merv.cli import MERVCLI
 from merv.data.cache import DTYPES, BuildStats, build_feature_cache
 from merv.lit import MERVDataModule, MERVLitModule
 from merv.models.encoders import VisionEncoder, build_encoder
-from merv.models.vidlm import CONFIG_NAME, WEIGHTS_NAME
+from merv.models.loading import source_kind
+from merv.models.vidlm import WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def encoder_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
     never opened); Lightning checkpoints and run directories go through `read_state_dict`.
     """
     path = Path(source)
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
+    if source_kind(path) == "saved":
         from safetensors import safe_open
 
         with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:

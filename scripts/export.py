@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from merv.models.loading import load_checkpoint_model
+from merv.lit.checkpoints import load_checkpoint_model
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -195,7 +195,7 @@ def test_an_explicit_hf_token_wins_for_the_call_only(tmp_path, monkeypatch):
 def test_last_checkpoint_is_a_file_and_a_sharded_one_must_be_consolidated(tmp_path):
     import os
 
-    from merv.models.loading import find_last_checkpoint
+    from merv.lit.checkpoints import find_last_checkpoint
 
     ckpts = tmp_path / "run/checkpoints"
     ckpts.mkdir(parents=True)
@@ -213,3 +213,31 @@ def test_last_checkpoint_is_a_file_and_a_sharded_one_must_be_consolidated(tmp_pa
     consolidated.write_bytes(b"")
     assert find_last_checkpoint(tmp_path) == consolidated
     assert find_last_checkpoint(sharded) == consolidated
+
+
+def test_source_kind_tells_every_kind_of_model_argument_apart(tmp_path):
+    from merv.models.loading import source_kind
+
+    saved = tmp_path / "model"
+    saved.mkdir()
+    (saved / "config.json").write_text("{}")
+    run = tmp_path / "run/version_0"
+    (run / "checkpoints/last.ckpt").mkdir(parents=True)  # a sharded checkpoint is a folder named *.ckpt
+    (run / "checkpoints/step.ckpt").write_bytes(b"")
+    (run / "checkpoints/last.ckpt.consolidated").write_bytes(b"")
+    assert source_kind(saved) == "saved"
+    assert source_kind(run) == "run"
+    assert source_kind(run / "checkpoints/step.ckpt") == "checkpoint"
+    assert source_kind(run / "checkpoints/last.ckpt") == "checkpoint"
+    assert source_kind(run / "checkpoints/last.ckpt.consolidated") == "checkpoint"
+    assert source_kind("merv-tiny") == "registered"
+    with pytest.raises(FileNotFoundError, match="neither a saved model directory"):
+        source_kind(tmp_path / "nothing-here")
+
+
+def test_the_model_layer_leaves_training_checkpoints_to_merv_lit(lora_run):
+    from merv.models.loading import load_vid as load_without_reader
+
+    for source in (lora_run, lora_run / "checkpoints/last.ckpt"):
+        with pytest.raises(ValueError, match="merv.load_vid"):
+            load_without_reader(source)

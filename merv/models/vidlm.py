@@ -387,14 +387,17 @@ class VideoLM(nn.Module):
             return False
         return self.config.encoders[int(key.split(".")[1])].pretrained is not None
 
-    def _load_state(self, state: dict[str, torch.Tensor], source: str | Path, llm_loaded: bool = False) -> list[str]:
-        """Load a (partial) state dict and return the keys it lacked; shared by every loading path.
+    def load_weights(self, state: dict[str, torch.Tensor], source: str | Path, llm_loaded: bool = False) -> list[str]:
+        """Load a (partial) state dict, adding LoRA adapters first when it holds some; return the keys it lacked.
 
         Keys may be missing only for weights that come from elsewhere: frozen encoders stored by reference,
         the whole LLM when `llm_loaded` (it came from its own directory), or the base weights of a named
         pretrained LLM (adapters must be in `state`). Anything else missing, or any unexpected key, is an
-        error naming `source`.
+        error naming `source`. Every loading path (saved directories, training checkpoints, a previous stage's
+        weights) goes through here.
         """
+        if any("lora_" in k for k in state) and not _is_peft(self.llm):
+            self.add_lora()
         result = self.load_state_dict(state, strict=False)
         named_llm = self.config.llm.name_or_path is not None
 
@@ -453,7 +456,7 @@ class VideoLM(nn.Module):
             # Keep adapters in the LLM's dtype, as `add_lora` does (peft would upcast bf16 ones to fp32).
             llm = PeftModel.from_pretrained(llm, path / ADAPTER_DIR, autocast_adapter_dtype=False)
         model = cls(config, llm=llm, tokenizer=tokenizer)
-        model._load_state(load_file(str(path / WEIGHTS_NAME)), path / WEIGHTS_NAME, llm_loaded=True)
+        model.load_weights(load_file(str(path / WEIGHTS_NAME)), path / WEIGHTS_NAME, llm_loaded=True)
         if dtype is not None:
             model.to(dtype)
         model.stage = meta.get("stage")
