@@ -38,7 +38,7 @@ def make_batch(model: VideoLM, batch_size: int, features: bool) -> dict:
     """One collated batch of `batch_size` captioning samples with random pixels (or random aligned features)."""
     items = []
     for _ in range(batch_size):
-        item = model.processor.encode(CONVERSATION, has_video=True)
+        item = model.processor.encode(CONVERSATION, num_videos=1)
         item["pixel_values"] = [
             torch.randn(s.num_frames, 3, s.image_size, s.image_size) for s in model.processor.frame_specs
         ]

@@ -56,10 +56,14 @@ def test_encoders_receive_their_configured_frame_counts(model):
     assert out.logits.shape[:2] == batch["input_ids"].shape
 
 
-def test_preprocess_returns_one_tensor_per_encoder(model):
-    pixels = model.preprocess(make_video(0, frames=7, size=50).numpy())
+def test_normalized_pixels_are_the_processor_pixels_normalised_per_encoder(model):
+    frames = make_video(0, frames=7, size=50).numpy()
+    pixels = model.normalized_pixels(frames)
+    raw = model.processor.preprocess(frames)
     assert [tuple(p.shape) for p in pixels] == [(4, 3, 32, 32), (8, 3, 32, 32)]
-    assert all(p.dtype == torch.float32 for p in pixels)
+    assert all(p.dtype == torch.float32 for p in pixels) and all(r.dtype == torch.uint8 for r in raw)
+    for spec, p, r in zip(model.processor.frame_specs, pixels, raw):
+        torch.testing.assert_close(p, spec.normalize(r), rtol=0, atol=0)
 
 
 def test_labels_cover_only_the_answer_and_end_of_turn(model):

@@ -618,7 +618,7 @@ def clip_embedding(model: ActionModel, record: Mapping[str, Any]) -> torch.Tenso
     the per-encoder vectors are concatenated and scaled by `1/sqrt(E)`, so the dot product of two
     descriptors is the mean over encoders of their cosine similarities (no encoder dominates by width).
     """
-    pixels = [p.unsqueeze(0) for p in model.preprocess(record["video"], record.get("start"), record.get("end"))]
+    pixels = [p.unsqueeze(0) for p in model.normalized_pixels(record["video"], record.get("start"), record.get("end"))]
     aligned = model.encode_aligned(pixels)
     parts = [torch.nn.functional.normalize(a.float().mean(dim=(1, 2)).reshape(-1), dim=0) for a in aligned]
     return torch.cat(parts).cpu() / len(parts) ** 0.5
@@ -713,7 +713,7 @@ def _check_prompt_fits(model: ActionModel, prompt: str, num_videos: int) -> None
     if limit is None:
         return
     try:
-        length = len(processor.encode_prompt(prompt, has_video=num_videos)["input_ids"])
+        length = len(processor.encode_prompt(prompt, num_videos=num_videos)["input_ids"])
     except ValueError as e:
         raise ValueError(f"the prompt with {num_videos} video(s) does not fit max_length={limit}: {e}") from None
     if length >= limit:

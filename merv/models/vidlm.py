@@ -217,9 +217,13 @@ class VideoLM(nn.Module):
 
     # ---- inputs --------------------------------------------------------------------------------
 
-    def preprocess(self, frames, start: float | None = None, end: float | None = None) -> list[torch.Tensor]:
+    def normalized_pixels(self, frames, start: float | None = None, end: float | None = None) -> list[torch.Tensor]:
         """Video path or `(T, H, W, 3)` uint8 frames → one `(T_e, 3, H_e, W_e)` float tensor per encoder,
-        normalised the encoder's way (batches carry the uint8 pixels and normalise in `encode_aligned`)."""
+        normalised the encoder's way.
+
+        `processor.preprocess` gives the same pixels as uint8, which is what batches carry (`encode_aligned`
+        normalises them on the model's device); this is for feeding an encoder directly.
+        """
         specs = self.processor.frame_specs
         return [spec.normalize(p) for spec, p in zip(specs, self.processor.preprocess(frames, start, end))]
 
@@ -332,7 +336,7 @@ class VideoLM(nn.Module):
             raise ValueError(f"got {len(videos)} videos for {len(prompts)} prompts")
         items = []
         for v, p in zip(videos, prompts):
-            item = self.processor.encode_prompt(p, has_video=self.processor.num_videos(v))
+            item = self.processor.encode_prompt(p, num_videos=self.processor.num_videos(v))
             item["pixel_values"] = self.processor.videos_pixels(v, start, end)
             items.append(item)
         batch = self.processor.collate(items, padding_side="left")  # generation appends on the right
@@ -359,17 +363,17 @@ class VideoLM(nn.Module):
         The video is encoded once and shared by all options (None scores the text alone); the question
         should not list the options, so scores do not depend on their order.
         """
-        has_video = video is not None
-        prompt = f"{VIDEO_TOKEN}\n{question}" if has_video and VIDEO_TOKEN not in question else question
+        num_videos = int(video is not None)
+        prompt = f"{VIDEO_TOKEN}\n{question}" if num_videos and VIDEO_TOKEN not in question else question
         items = [
-            self.processor.encode([{"from": HUMAN, "value": prompt}, {"from": GPT, "value": o}], has_video)
+            self.processor.encode([{"from": HUMAN, "value": prompt}, {"from": GPT, "value": o}], num_videos)
             for o in options
         ]
         for it in items:
             it["pixel_values"] = None
         batch = self.processor.collate(items)
         aligned = None
-        if has_video:
+        if num_videos:
             pixels = [p.unsqueeze(0) for p in self.processor.preprocess(video, start, end)]
             aligned = [a.expand(len(options), *a.shape[1:]) for a in self.encode_aligned(pixels)]
         out = self(
