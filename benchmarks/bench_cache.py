@@ -199,7 +199,7 @@ def count_align_flops(config: VideoLMConfig, text_tokens: int, llm_arch: dict | 
         config.llm = LLMConfig(arch=llm_arch)
     with torch.device("meta"):
         model = VideoLM(config)
-    model.freeze("align")
+    model.set_trainable("align")
     specs = [enc.frame_spec for enc in model.encoders]
     pixels = [torch.empty(1, s.num_frames, 3, s.image_size, s.image_size, device="meta") for s in specs]
     with FlopCounterMode(display=False) as counter:
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         torch.manual_seed(0)
         model = VideoLM(config)
-        model.freeze("align")
+        model.set_trainable("align")
 
         def loader(dataset):
             return torch.utils.data.DataLoader(

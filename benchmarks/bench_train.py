@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         layers = args.llm_layers or merv_matched_depth(CONVERSATION, args.llm_width)[0]
         config = scaled_config(layers, args.llm_width)
     model = VideoLM(config)
-    model.freeze(args.stage)
+    model.set_trainable(args.stage)
     model.to(device, dtype)
     batch = to_device(make_batch(model, args.batch_size, args.from_features), device)
     inputs = model_inputs(batch)

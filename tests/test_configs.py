@@ -119,7 +119,7 @@ def test_fsdp_wraps_and_trains_a_bfloat16_llm_beside_float32_encoders(process_gr
     model = VideoLM(config)
     if stage == "lora":
         model.add_lora()
-    model.freeze(stage)
+    model.set_trainable(stage)
     wrapped = FullyShardedDataParallel(
         model, auto_wrap_policy=merv_fsdp_policy, use_orig_params=True, device_id=torch.device("cpu")
     )

@@ -78,7 +78,7 @@ def test_labels_cover_only_the_answer_and_end_of_turn(model):
 
 def _grads(model, stage, fusion="cross-attention"):
     model = VideoLM(VideoLMConfig.tiny(fusion=fusion)) if fusion != "cross-attention" else model
-    model.freeze(stage)
+    model.set_trainable(stage)
     model.train()
     out = model(**model.prepare_batch([sample(0), sample(1, "a blue square moves up")]))
     out.loss.backward()
@@ -126,7 +126,7 @@ def test_fusion_weights_sum_to_one_per_sample(model):
 
 
 def test_ten_steps_on_one_sample_halve_its_loss(model):
-    model.freeze("finetune")
+    model.set_trainable("finetune")
     model.train()
     batch = model.prepare_batch([sample(0)])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
@@ -143,7 +143,7 @@ def test_ten_steps_on_one_sample_halve_its_loss(model):
 
 @pytest.mark.parametrize("stage", ["align", "lora"])
 def test_save_load_round_trip_gives_identical_logits(model, tmp_path, stage):
-    model.freeze(stage)
+    model.set_trainable(stage)
     # Perturb trainable weights so the check covers what training changes.
     with torch.no_grad():
         for p in model.parameters():
@@ -160,7 +160,7 @@ def test_save_load_round_trip_gives_identical_logits(model, tmp_path, stage):
 
 
 def test_lora_merge_on_save_keeps_the_function(model, tmp_path):
-    model.freeze("lora")
+    model.set_trainable("lora")
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -226,7 +226,7 @@ def test_single_encoder_weighted_fusion_has_no_dead_parameters(fusion):
 
     model = VideoLM(_single_encoder(fusion))
     assert not list(model.fusion.parameters())
-    model.freeze("align")
+    model.set_trainable("align")
     out = model(**model.prepare_batch([sample(0), sample(1, "a blue square moves up")]))
     out.loss.backward()
     for name, p in model.named_parameters():
@@ -281,7 +281,7 @@ def test_bfloat16_lora_adapters_reload_in_bfloat16(tmp_path):
     config = VideoLMConfig.tiny()
     config.llm.dtype = "bfloat16"
     model = VideoLM(config)
-    model.freeze("lora")
+    model.set_trainable("lora")
     assert {p.dtype for n, p in model.llm.named_parameters() if "lora_" in n} == {torch.bfloat16}
     model.save_pretrained(tmp_path / "ckpt")
     loaded = VideoLM.from_pretrained(tmp_path / "ckpt")

@@ -118,7 +118,7 @@ def _group(key: str) -> str:
 def init_weights(model: VideoLM, source: str | Path) -> Counter:
     """Load every trained module (projectors, fusion, LLM, LoRA adapters) from a previous stage.
 
-    Call before `model.freeze(stage)`; see `merge_adapters_unless_lora` for adapters.
+    Call before `model.set_trainable(stage)`; see `merge_adapters_unless_lora` for adapters.
 
     Returns:
         Count of loaded tensors per module group.

@@ -1,6 +1,6 @@
 """`VideoLM`: frozen visual encoders → alignment → projectors → fusion → a causal language model.
 
-Plain PyTorch (no Lightning): build from a `VideoLMConfig`, `freeze(stage)`, call with a batch from
+Plain PyTorch (no Lightning): build from a `VideoLMConfig`, `set_trainable(stage)`, call with a batch from
 `prepare_batch`, `generate` text, and `save_pretrained` / `from_pretrained` a directory.
 """
 
@@ -81,7 +81,7 @@ class VideoLMConfig:
     """Longest token sequence (text + visual) fed to the LLM; longer training text is cut at the end, a longer
     generation prompt is an error. Must leave room for text after the visual tokens."""
     lora: LoraSettings = field(default_factory=LoraSettings)
-    """Adapter settings used by `freeze("lora")`."""
+    """Adapter settings used by `set_trainable("lora")`."""
 
     def __post_init__(self) -> None:
         # Accept plain dicts (from config.json or YAML) as well as the dataclasses.
@@ -187,9 +187,13 @@ class VideoLM(nn.Module):
 
     # ---- training stages -----------------------------------------------------------------------
 
-    def freeze(self, stage: Stage) -> None:
-        """Set which parameters train: `align` projectors + fusion; `finetune` + the LLM;
-        `lora` projectors + fusion + LoRA adapters added to the LLM. Encoders never train."""
+    def set_trainable(self, stage: Stage) -> None:
+        """Make exactly the parameters `stage` trains require gradients, and freeze every other one.
+
+        `align`: projectors + fusion. `finetune`: projectors + fusion + the whole LLM. `lora`: projectors +
+        fusion + LoRA adapters, added to the LLM if it has none. Encoders never train. (Unlike Lightning's
+        `LightningModule.freeze`, this unfreezes what the stage trains and leaves train/eval mode alone.)
+        """
         if stage not in ("align", "finetune", "lora"):
             raise ValueError(f"unknown stage {stage!r}; expected align, finetune or lora")
         if stage == "lora" and not _is_peft(self.llm):
