@@ -326,7 +326,8 @@ class VideoLM(nn.Module):
                 for a prompt with several `<video>` tags. With a list of prompts, a list with one such entry
                 per prompt (and a list of answers is returned).
             prompt_text: text from `get_prompt_builder().get_prompt()`.
-            num_frames: optional per-encoder frame counts; must match the model's.
+            num_frames: per-encoder frame counts, accepted for MERV's API only: a model's frame counts are
+                fixed by its encoders, so this checks that they match and changes nothing.
             start, end: optional clip bounds in seconds.
             **generate_kwargs: passed to Hugging Face `generate` (greedy, 128 new tokens by default).
         """
