@@ -12,7 +12,7 @@ from merv import available_models, load_vid
 from merv.data.synthetic import generate
 from merv.models import VideoLM, VideoLMConfig
 from merv.models.loading import ModelNotFoundError
-from merv.models.registry import model_config
+from merv.models.registry import expand_registered, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -104,9 +104,27 @@ def test_registry_names_resolve_to_merv_configs():
         model_config("merv-huge")
 
 
-def test_model_yaml_matches_the_registry():
-    shipped = VideoLMConfig(**yaml.safe_load((ROOT / "configs/model/merv-full.yaml").read_text()))
-    assert shipped == model_config("merv-full")
+def shipped_model(name: str) -> VideoLMConfig:
+    """A `configs/model/` file as the training command line reads it."""
+    return VideoLMConfig(**expand_registered(yaml.safe_load((ROOT / f"configs/model/{name}.yaml").read_text())))
+
+
+def test_model_yaml_names_the_registered_architecture():
+    assert yaml.safe_load((ROOT / "configs/model/merv-full.yaml").read_text()) == {"from_name": "merv-full"}
+    assert shipped_model("merv-full") == model_config("merv-full")
+
+
+def test_a_named_architecture_takes_overrides_field_by_field():
+    data = yaml.safe_load("vidlm: {from_name: merv-full, fusion: sum, llm: {attn_implementation: eager}}")
+    config = VideoLMConfig(**expand_registered(data)["vidlm"])
+    full = model_config("merv-full")
+    assert config.fusion == "sum" and config.llm.attn_implementation == "eager"
+    # Everything not named keeps the registered value, nested configs included.
+    assert config.llm.name_or_path == full.llm.name_or_path and config.encoders == full.encoders
+    assert VideoLMConfig.from_name("merv-full", fusion="sum", llm={"attn_implementation": "eager"}) == config
+    assert expand_registered({"fusion": "sum", "items": [1, {"a": 2}]}) == {"fusion": "sum", "items": [1, {"a": 2}]}
+    with pytest.raises(KeyError, match="available"):
+        expand_registered({"from_name": "merv-huge"})
 
 
 def test_a_registered_name_without_local_weights_explains_where_and_how(tmp_path, monkeypatch):
@@ -150,9 +168,8 @@ def test_quick_start_script_answers(lora_run, video, capsys):
     assert capsys.readouterr().out.strip() == text
 
 
-def test_tiny_model_yaml_matches_the_tiny_config():
-    shipped = VideoLMConfig(**yaml.safe_load((ROOT / "configs/model/tiny.yaml").read_text()))
-    assert shipped == model_config("merv-tiny") == VideoLMConfig.tiny()
+def test_tiny_model_yaml_is_the_tiny_config():
+    assert shipped_model("tiny") == model_config("merv-tiny") == VideoLMConfig.tiny()
 
 
 def test_model_config_returns_a_fresh_config_every_time():
@@ -163,9 +180,7 @@ def test_model_config_returns_a_fresh_config_every_time():
     changed.encoders[0].num_frames = 3
     single = model_config("merv-siglip-only")
     assert single.llm.dtype == "bfloat16" and single.encoders[0].num_frames == 16
-    assert model_config("merv-full") == VideoLMConfig(
-        **yaml.safe_load((ROOT / "configs/model/merv-full.yaml").read_text())
-    )
+    assert model_config("merv-full") == shipped_model("merv-full")
     assert registry.MERV_LLM.dtype == "bfloat16" and registry.MERV_ENCODERS["languagebind"].num_frames == 16
 
 

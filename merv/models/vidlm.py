@@ -106,6 +106,13 @@ class VideoLMConfig:
             lora=LoraSettings(target_modules=[*_LLAMA_LINEAR, "lm_head"]),
         )
 
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> VideoLMConfig:
+        """A registered architecture (see `merv.available_models()`), with `overrides` of its fields."""
+        from merv.models.registry import model_config  # the registry builds on this class
+
+        return model_config(name, **overrides)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
