@@ -6,9 +6,11 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
-    from merv.models import VideoLM
+    from merv.models import VideoLM, VideoLMConfig
 
 __version__ = "0.1.0"
 __all__ = ["available_models", "load_vid"]
@@ -40,7 +42,7 @@ def load_vid(
     return load(name_or_path, hf_token, cache_dir, dtype, device, checkpoint_reader=_read_checkpoint)
 
 
-def _read_checkpoint(path):
+def _read_checkpoint(path: Path) -> tuple[VideoLMConfig, dict[str, torch.Tensor]]:
     from merv.lit.checkpoints import read_checkpoint
 
     return read_checkpoint(path)
