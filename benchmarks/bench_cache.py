@@ -233,7 +233,7 @@ def matching_depth(target: float, text_tokens: int, llm_width: int) -> int:
 def merv_matched_depth(conversations: list[dict], llm_width: int) -> tuple[int, int, dict[str, float]]:
     """For one captioning sample: the scaled LLM depth that gives merv-full's encoder FLOP share, the number
     of text tokens, and merv-full's counted FLOPs (LLaMA-2 7B, the same text length)."""
-    probe = VideoLM(scaled_config(1, llm_width)).processor.encode(conversations, True)
+    probe = VideoLM(scaled_config(1, llm_width)).processor.encode(conversations, num_videos=1)
     text_tokens = int((~probe["video_mask"]).sum())
     reference = count_align_flops(model_config("merv-full"), text_tokens, LLAMA2_7B)
     return matching_depth(share(reference), text_tokens, llm_width), text_tokens, reference

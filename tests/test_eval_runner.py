@@ -514,7 +514,7 @@ def test_loglik_matches_direct_loss_of_a_real_videolm(tmp_path, tiny_checkpoint)
     with torch.no_grad():
         for opt in options:
             enc = model.processor.encode(
-                [{"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": opt}], True
+                [{"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": opt}], num_videos=1
             )
             out = model(
                 input_ids=enc["input_ids"][None],
