@@ -21,7 +21,7 @@ from merv.cli import MERVCLI
 from merv.data.cache import DTYPES, BuildStats, build_feature_cache
 from merv.lit import MERVDataModule, MERVLitModule
 from merv.models.encoders import VisionEncoder, build_encoder
-from merv.models.loading import source_kind
+from merv.models.sources import source_kind
 from merv.models.vidlm import WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)

@@ -231,7 +231,7 @@ def test_last_checkpoint_is_a_file_and_a_sharded_one_must_be_consolidated(tmp_pa
 
 
 def test_source_kind_tells_every_kind_of_model_argument_apart(tmp_path):
-    from merv.models.loading import source_kind
+    from merv.models.sources import source_kind
 
     saved = tmp_path / "model"
     saved.mkdir()
@@ -250,9 +250,16 @@ def test_source_kind_tells_every_kind_of_model_argument_apart(tmp_path):
         source_kind(tmp_path / "nothing-here")
 
 
-def test_the_model_layer_leaves_training_checkpoints_to_merv_lit(lora_run):
-    from merv.models.loading import load_vid as load_without_reader
+def test_the_model_layer_reads_training_checkpoints_only_through_the_installed_reader(lora_run, monkeypatch):
+    from merv.models import sources
+    from merv.models.loading import load_vid as models_load_vid
 
+    monkeypatch.setattr(sources, "_checkpoint_reader", None)
     for source in (lora_run, lora_run / "checkpoints/last.ckpt"):
-        with pytest.raises(ValueError, match="merv.load_vid"):
-            load_without_reader(source)
+        with pytest.raises(ValueError, match="no checkpoint reader is installed"):
+            models_load_vid(source)
+    read = []
+    sources.set_checkpoint_reader(lambda path: read.append(path) or (VideoLMConfig.tiny(), {}))
+    with pytest.raises(RuntimeError, match="does not match the model"):  # an empty state dict lacks trained weights
+        models_load_vid(lora_run)
+    assert read == [lora_run]

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from merv.models import VideoLM, VideoLMConfig
-from merv.models.loading import CONSOLIDATED_SUFFIX, saved_model_dir, source_kind
+from merv.models.loading import saved_model_dir
+from merv.models.sources import CONSOLIDATED_SUFFIX, source_kind
 
 logger = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from merv.models.llm import LLMConfig, build_llm, load_llm, load_tokenizer
 from merv.models.processor import IGNORE_INDEX, VideoLMProcessor
 from merv.models.projector import Projector
 from merv.models.prompting import GPT, HUMAN, VIDEO_TOKEN, PromptBuilder, PromptFormat
+from merv.models.sources import CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 
 Stage = Literal["align", "finetune", "lora"]
 _LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LLM_DIR, ADAPTER_DIR = "llm", "llm_adapter"
 
