@@ -199,7 +199,7 @@ def count_align_flops(config: VideoLMConfig, text_tokens: int, llm_arch: dict | 
         config.llm = LLMConfig(arch=llm_arch)
     with torch.device("meta"):
         model = VideoLM(config)
-    model.freeze("align")
+    model.set_trainable("align")
     specs = [enc.frame_spec for enc in model.encoders]
     pixels = [torch.empty(1, s.num_frames, 3, s.image_size, s.image_size, device="meta") for s in specs]
     with FlopCounterMode(display=False) as counter:
@@ -233,7 +233,7 @@ def matching_depth(target: float, text_tokens: int, llm_width: int) -> int:
 def merv_matched_depth(conversations: list[dict], llm_width: int) -> tuple[int, int, dict[str, float]]:
     """For one captioning sample: the scaled LLM depth that gives merv-full's encoder FLOP share, the number
     of text tokens, and merv-full's counted FLOPs (LLaMA-2 7B, the same text length)."""
-    probe = VideoLM(scaled_config(1, llm_width)).processor.encode(conversations, True)
+    probe = VideoLM(scaled_config(1, llm_width)).processor.encode(conversations, num_videos=1)
     text_tokens = int((~probe["video_mask"]).sum())
     reference = count_align_flops(model_config("merv-full"), text_tokens, LLAMA2_7B)
     return matching_depth(share(reference), text_tokens, llm_width), text_tokens, reference
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         torch.manual_seed(0)
         model = VideoLM(config)
-        model.freeze("align")
+        model.set_trainable("align")
 
         def loader(dataset):
             return torch.utils.data.DataLoader(

@@ -38,7 +38,7 @@ def make_batch(model: VideoLM, batch_size: int, features: bool) -> dict:
     """One collated batch of `batch_size` captioning samples with random pixels (or random aligned features)."""
     items = []
     for _ in range(batch_size):
-        item = model.processor.encode(CONVERSATION, has_video=True)
+        item = model.processor.encode(CONVERSATION, num_videos=1)
         item["pixel_values"] = [
             torch.randn(s.num_frames, 3, s.image_size, s.image_size) for s in model.processor.frame_specs
         ]
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         layers = args.llm_layers or merv_matched_depth(CONVERSATION, args.llm_width)[0]
         config = scaled_config(layers, args.llm_width)
     model = VideoLM(config)
-    model.freeze(args.stage)
+    model.set_trainable(args.stage)
     model.to(device, dtype)
     batch = to_device(make_batch(model, args.batch_size, args.from_features), device)
     inputs = model_inputs(batch)

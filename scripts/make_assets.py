@@ -290,7 +290,7 @@ def _write_cache(path: Path, question_file: Path, question_sha: str, entries: Ma
 def evaluate_checkpoint(checkpoint: Path, question_file: Path, video_root: Path) -> dict[str, Any]:
     """Held-out MCQ accuracy of one Lightning checkpoint, scored by option log-likelihood."""
     from merv.eval import EvalConfig, evaluate
-    from merv.models.loading import load_checkpoint_model
+    from merv.lit.checkpoints import load_checkpoint_model
 
     model = load_checkpoint_model(checkpoint)
     with tempfile.TemporaryDirectory(prefix="make_assets_eval_") as tmp:

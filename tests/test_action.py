@@ -341,7 +341,7 @@ class ScriptedModel:
         self.calls.append({"video": video, "question": question, "options": options, "start": start, "end": end})
         return [self.nll.get(o, 5.0) for o in options]
 
-    def preprocess(self, video, start=None, end=None):
+    def normalized_pixels(self, video, start=None, end=None):
         return [torch.tensor(self.features[video], dtype=torch.float32).view(1, 1, -1)]
 
     def encode_aligned(self, pixel_values):

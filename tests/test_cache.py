@@ -193,7 +193,7 @@ def test_build_hit_miss_and_stale_detection(records, model, tmp_path):
     video = records[0]["video"]
     found = cache.lookup(VideoIdentity.of(video))
     assert found.status == "hit"
-    expected = model.encode_aligned([p.unsqueeze(0) for p in model.preprocess(video)])
+    expected = model.encode_aligned([p.unsqueeze(0) for p in model.normalized_pixels(video)])
     for got, want in zip(found.features, expected):
         assert got.dtype == torch.float32 and got.shape == want.shape[1:]
         torch.testing.assert_close(got, want[0], rtol=1e-5, atol=1e-6)

@@ -54,6 +54,20 @@ def test_later_configs_and_flags_override_earlier_ones(capsys):
     assert config["model"]["vidlm"]["fusion"] == "sum"
 
 
+def test_a_model_config_names_its_architecture_and_overrides_single_fields(tmp_path, capsys):
+    from merv.models.registry import model_config
+
+    shipped = print_config(["--config", str(CONFIGS / "experiments/merv_stage1_align.yaml")], capsys)
+    assert VideoLMConfig(**shipped["model"]["vidlm"]) == model_config("merv-full")
+    overlay = tmp_path / "model.yaml"
+    overlay.write_text("from_name: merv-full\nllm: {attn_implementation: eager}\n")
+    config = print_config(
+        ["--config", QUICKSTART, "--model.vidlm", str(overlay), "--model.vidlm.tokens_per_frame", "16"], capsys
+    )
+    expected = model_config("merv-full", llm={"attn_implementation": "eager"}, tokens_per_frame=16)
+    assert VideoLMConfig(**config["model"]["vidlm"]) == expected
+
+
 def test_cli_offers_only_the_subcommands_the_module_supports(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
@@ -119,7 +133,7 @@ def test_fsdp_wraps_and_trains_a_bfloat16_llm_beside_float32_encoders(process_gr
     model = VideoLM(config)
     if stage == "lora":
         model.add_lora()
-    model.freeze(stage)
+    model.set_trainable(stage)
     wrapped = FullyShardedDataParallel(
         model, auto_wrap_policy=merv_fsdp_policy, use_orig_params=True, device_id=torch.device("cpu")
     )

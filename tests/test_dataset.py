@@ -117,7 +117,7 @@ def test_items_go_through_the_processor(processor, records):
     assert [tuple(p.shape) for p in item["pixel_values"]] == [(4, 3, 32, 32), (8, 3, 16, 16)]
     frames = processor.load_frames(ordered[0]["video"])
     assert all(torch.equal(a, b) for a, b in zip(item["pixel_values"], processor.pixels(frames)))
-    expected = processor.encode(ordered[0]["conversations"], has_video=True)
+    expected = processor.encode(ordered[0]["conversations"], num_videos=1)
     assert torch.equal(item["input_ids"], expected["input_ids"]) and torch.equal(item["labels"], expected["labels"])
     text = dataset[3]
     assert text["pixel_values"] is None and not text["video_mask"].any()

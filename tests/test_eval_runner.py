@@ -510,12 +510,12 @@ def test_loglik_matches_direct_loss_of_a_real_videolm(tmp_path, tiny_checkpoint)
         model, EvalConfig("mcq", tmp_path / "q.json", video_root=tmp_path, output_dir=tmp_path / "o", strategy="loglik")
     ).records[0]
 
-    pixels = [p.unsqueeze(0) for p in model.preprocess(str(video))]
+    pixels = [p.unsqueeze(0) for p in model.normalized_pixels(str(video))]
     direct = []
     with torch.no_grad():
         for opt in options:
             enc = model.processor.encode(
-                [{"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": opt}], True
+                [{"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": opt}], num_videos=1
             )
             out = model(
                 input_ids=enc["input_ids"][None],

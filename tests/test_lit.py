@@ -237,5 +237,5 @@ def test_frozen_weights_from_a_named_source_are_stored_by_reference_in_checkpoin
     model.save_pretrained(tmp_path)
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
         assert module_groups(f.keys()) == {"encoders.1", "projectors", "fusion"}  # the LLM has its own folder
-    model.freeze("finetune")  # a trained LLM is stored whatever it started from
+    model.set_trainable("finetune")  # a trained LLM is stored whatever it started from
     assert checkpointed() == {"encoders.1", "projectors", "fusion", "llm"}

@@ -12,7 +12,7 @@ from merv import available_models, load_vid
 from merv.data.synthetic import generate
 from merv.models import VideoLM, VideoLMConfig
 from merv.models.loading import ModelNotFoundError
-from merv.models.registry import model_config
+from merv.models.registry import expand_registered, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -104,9 +104,27 @@ def test_registry_names_resolve_to_merv_configs():
         model_config("merv-huge")
 
 
-def test_model_yaml_matches_the_registry():
-    shipped = VideoLMConfig(**yaml.safe_load((ROOT / "configs/model/merv-full.yaml").read_text()))
-    assert shipped == model_config("merv-full")
+def shipped_model(name: str) -> VideoLMConfig:
+    """A `configs/model/` file as the training command line reads it."""
+    return VideoLMConfig(**expand_registered(yaml.safe_load((ROOT / f"configs/model/{name}.yaml").read_text())))
+
+
+def test_model_yaml_names_the_registered_architecture():
+    assert yaml.safe_load((ROOT / "configs/model/merv-full.yaml").read_text()) == {"from_name": "merv-full"}
+    assert shipped_model("merv-full") == model_config("merv-full")
+
+
+def test_a_named_architecture_takes_overrides_field_by_field():
+    data = yaml.safe_load("vidlm: {from_name: merv-full, fusion: sum, llm: {attn_implementation: eager}}")
+    config = VideoLMConfig(**expand_registered(data)["vidlm"])
+    full = model_config("merv-full")
+    assert config.fusion == "sum" and config.llm.attn_implementation == "eager"
+    # Everything not named keeps the registered value, nested configs included.
+    assert config.llm.name_or_path == full.llm.name_or_path and config.encoders == full.encoders
+    assert VideoLMConfig.from_name("merv-full", fusion="sum", llm={"attn_implementation": "eager"}) == config
+    assert expand_registered({"fusion": "sum", "items": [1, {"a": 2}]}) == {"fusion": "sum", "items": [1, {"a": 2}]}
+    with pytest.raises(KeyError, match="available"):
+        expand_registered({"from_name": "merv-huge"})
 
 
 def test_a_registered_name_without_local_weights_explains_where_and_how(tmp_path, monkeypatch):
@@ -150,9 +168,8 @@ def test_quick_start_script_answers(lora_run, video, capsys):
     assert capsys.readouterr().out.strip() == text
 
 
-def test_tiny_model_yaml_matches_the_tiny_config():
-    shipped = VideoLMConfig(**yaml.safe_load((ROOT / "configs/model/tiny.yaml").read_text()))
-    assert shipped == model_config("merv-tiny") == VideoLMConfig.tiny()
+def test_tiny_model_yaml_is_the_tiny_config():
+    assert shipped_model("tiny") == model_config("merv-tiny") == VideoLMConfig.tiny()
 
 
 def test_model_config_returns_a_fresh_config_every_time():
@@ -163,9 +180,7 @@ def test_model_config_returns_a_fresh_config_every_time():
     changed.encoders[0].num_frames = 3
     single = model_config("merv-siglip-only")
     assert single.llm.dtype == "bfloat16" and single.encoders[0].num_frames == 16
-    assert model_config("merv-full") == VideoLMConfig(
-        **yaml.safe_load((ROOT / "configs/model/merv-full.yaml").read_text())
-    )
+    assert model_config("merv-full") == shipped_model("merv-full")
     assert registry.MERV_LLM.dtype == "bfloat16" and registry.MERV_ENCODERS["languagebind"].num_frames == 16
 
 
@@ -195,7 +210,7 @@ def test_an_explicit_hf_token_wins_for_the_call_only(tmp_path, monkeypatch):
 def test_last_checkpoint_is_a_file_and_a_sharded_one_must_be_consolidated(tmp_path):
     import os
 
-    from merv.models.loading import find_last_checkpoint
+    from merv.lit.checkpoints import find_last_checkpoint
 
     ckpts = tmp_path / "run/checkpoints"
     ckpts.mkdir(parents=True)
@@ -213,3 +228,38 @@ def test_last_checkpoint_is_a_file_and_a_sharded_one_must_be_consolidated(tmp_pa
     consolidated.write_bytes(b"")
     assert find_last_checkpoint(tmp_path) == consolidated
     assert find_last_checkpoint(sharded) == consolidated
+
+
+def test_source_kind_tells_every_kind_of_model_argument_apart(tmp_path):
+    from merv.models.sources import source_kind
+
+    saved = tmp_path / "model"
+    saved.mkdir()
+    (saved / "config.json").write_text("{}")
+    run = tmp_path / "run/version_0"
+    (run / "checkpoints/last.ckpt").mkdir(parents=True)  # a sharded checkpoint is a folder named *.ckpt
+    (run / "checkpoints/step.ckpt").write_bytes(b"")
+    (run / "checkpoints/last.ckpt.consolidated").write_bytes(b"")
+    assert source_kind(saved) == "saved"
+    assert source_kind(run) == "run"
+    assert source_kind(run / "checkpoints/step.ckpt") == "checkpoint"
+    assert source_kind(run / "checkpoints/last.ckpt") == "checkpoint"
+    assert source_kind(run / "checkpoints/last.ckpt.consolidated") == "checkpoint"
+    assert source_kind("merv-tiny") == "registered"
+    with pytest.raises(FileNotFoundError, match="neither a saved model directory"):
+        source_kind(tmp_path / "nothing-here")
+
+
+def test_the_model_layer_reads_training_checkpoints_only_through_the_installed_reader(lora_run, monkeypatch):
+    from merv.models import sources
+    from merv.models.loading import load_vid as models_load_vid
+
+    monkeypatch.setattr(sources, "_checkpoint_reader", None)
+    for source in (lora_run, lora_run / "checkpoints/last.ckpt"):
+        with pytest.raises(ValueError, match="no checkpoint reader is installed"):
+            models_load_vid(source)
+    read = []
+    sources.set_checkpoint_reader(lambda path: read.append(path) or (VideoLMConfig.tiny(), {}))
+    with pytest.raises(RuntimeError, match="does not match the model"):  # an empty state dict lacks trained weights
+        models_load_vid(lora_run)
+    assert read == [lora_run]

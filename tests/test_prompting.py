@@ -44,7 +44,7 @@ def targets(proc, item) -> list[str]:
 def test_builtin_formats_label_every_answer_with_its_eos(fmt):
     tok = build_tiny_tokenizer()
     proc = processor(tok, fmt)
-    item = proc.encode(CONV, has_video=True)
+    item = proc.encode(CONV, num_videos=1)
     assert targets(proc, item) == ["red</s>", "left</s>"]
     assert item["input_ids"][0] == tok.bos_token_id
     assert int(item["video_mask"].sum()) == 3
@@ -65,7 +65,7 @@ def test_chat_template_is_used_when_the_tokenizer_has_one():
     tok = build_tiny_tokenizer()
     tok.chat_template = TEMPLATE
     proc = processor(tok, "chat_template")
-    item = proc.encode(CONV, has_video=True)
+    item = proc.encode(CONV, num_videos=1)
     assert targets(proc, item) == ["red</s>", "left</s>"]
     builder = PromptBuilder(proc.prompt_format)
     builder.add_turn("human", "hello")
@@ -92,7 +92,7 @@ def test_auto_format_picks_chat_template_or_merv():
 def test_visual_tokens_go_at_the_placeholder_or_after_bos(value, before, after):
     tok = build_tiny_tokenizer()
     proc = processor(tok, "merv")
-    item = proc.encode([{"from": "human", "value": value}, {"from": "gpt", "value": "red"}], has_video=True)
+    item = proc.encode([{"from": "human", "value": value}, {"from": "gpt", "value": "red"}], num_videos=1)
     mask = item["video_mask"].tolist()
     first = mask.index(True)
     assert sum(mask) == 3 and all(mask[first : first + 3])
@@ -128,7 +128,7 @@ def test_text_only_and_video_samples_mix_in_one_batch():
 def test_malformed_conversations_raise_clear_errors(conv, match):
     proc = processor(build_tiny_tokenizer(), "merv")
     with pytest.raises(ValueError, match=match):
-        proc.encode(conv, has_video=False)
+        proc.encode(conv, num_videos=0)
 
 
 def test_several_videos_fill_their_tags_in_order():
@@ -155,9 +155,9 @@ def sample_one(video):
 def test_tag_count_must_match_the_number_of_videos():
     proc = processor(build_tiny_tokenizer(), "merv")
     with pytest.raises(ValueError, match="2 <video> tags for 1 videos"):
-        proc.encode([{"from": "human", "value": "<video> and <video>"}, {"from": "gpt", "value": "x"}], has_video=1)
+        proc.encode([{"from": "human", "value": "<video> and <video>"}, {"from": "gpt", "value": "x"}], num_videos=1)
     with pytest.raises(ValueError, match="1 <video> tags for 0 videos"):
-        proc.encode(CONV[:2], has_video=False)
+        proc.encode(CONV[:2], num_videos=0)
 
 
 def test_untagged_video_goes_after_the_bos_a_chat_template_writes():
@@ -167,7 +167,7 @@ def test_untagged_video_goes_after_the_bos_a_chat_template_writes():
     builder = PromptBuilder(proc.prompt_format)
     builder.add_turn("human", "What colour?")
     conv = [{"from": "human", "value": "What colour?"}, {"from": "gpt", "value": "red"}]
-    for item in (proc.encode(conv, has_video=True), proc.encode_prompt(builder.get_prompt(), has_video=True)):
+    for item in (proc.encode(conv, num_videos=1), proc.encode_prompt(builder.get_prompt(), num_videos=1)):
         ids, mask = item["input_ids"].tolist(), item["video_mask"].tolist()
         assert ids[0] == tok.bos_token_id
         assert mask[:4] == [False, True, True, True] and sum(mask) == 3
@@ -181,10 +181,10 @@ def test_a_prompt_longer_than_max_length_raises_instead_of_losing_its_end():
     builder = PromptBuilder(fmt)
     builder.add_turn("human", "What is the person doing in the video, and which way does the camera move?")
     with pytest.raises(ValueError, match=r"the prompt is \d+ tokens \(3 visual \+ \d+ text\), more than max_length=12"):
-        proc.encode_prompt(builder.get_prompt(), has_video=True)
+        proc.encode_prompt(builder.get_prompt(), num_videos=1)
     # Training conversations are still cut at the end: their labels are cut with them.
     conv = [{"from": "human", "value": "What is the person doing?"}, {"from": "gpt", "value": "walking left"}]
-    assert len(proc.encode(conv, has_video=True)["input_ids"]) == 12
+    assert len(proc.encode(conv, num_videos=1)["input_ids"]) == 12
 
 
 def test_a_rejected_turn_leaves_the_builder_unchanged():
@@ -200,7 +200,7 @@ def test_a_rejected_turn_leaves_the_builder_unchanged():
 
 def test_collate_rejects_an_unknown_padding_side():
     proc = processor(build_tiny_tokenizer(), "merv")
-    item = proc.encode(CONV[:2], has_video=True)
+    item = proc.encode(CONV[:2], num_videos=1)
     assert proc.collate([item], padding_side="left")["input_ids"].shape == (1, len(item["input_ids"]))
     with pytest.raises(ValueError, match="padding_side must be 'left' or 'right'"):
         proc.collate([item], padding_side="center")

@@ -33,7 +33,7 @@ def model() -> VideoLM:
 
 
 def test_models_package_does_not_import_lightning():
-    code = "import sys, merv.models; bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]; print(bad); sys.exit(bool(bad))"
+    code = "import sys, merv.models, merv.models.loading; bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]; print(bad); sys.exit(bool(bad))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -56,10 +56,14 @@ def test_encoders_receive_their_configured_frame_counts(model):
     assert out.logits.shape[:2] == batch["input_ids"].shape
 
 
-def test_preprocess_returns_one_tensor_per_encoder(model):
-    pixels = model.preprocess(make_video(0, frames=7, size=50).numpy())
+def test_normalized_pixels_are_the_processor_pixels_normalised_per_encoder(model):
+    frames = make_video(0, frames=7, size=50).numpy()
+    pixels = model.normalized_pixels(frames)
+    raw = model.processor.preprocess(frames)
     assert [tuple(p.shape) for p in pixels] == [(4, 3, 32, 32), (8, 3, 32, 32)]
-    assert all(p.dtype == torch.float32 for p in pixels)
+    assert all(p.dtype == torch.float32 for p in pixels) and all(r.dtype == torch.uint8 for r in raw)
+    for spec, p, r in zip(model.processor.frame_specs, pixels, raw):
+        torch.testing.assert_close(p, spec.normalize(r), rtol=0, atol=0)
 
 
 def test_labels_cover_only_the_answer_and_end_of_turn(model):
@@ -74,7 +78,7 @@ def test_labels_cover_only_the_answer_and_end_of_turn(model):
 
 def _grads(model, stage, fusion="cross-attention"):
     model = VideoLM(VideoLMConfig.tiny(fusion=fusion)) if fusion != "cross-attention" else model
-    model.freeze(stage)
+    model.set_trainable(stage)
     model.train()
     out = model(**model.prepare_batch([sample(0), sample(1, "a blue square moves up")]))
     out.loss.backward()
@@ -122,7 +126,7 @@ def test_fusion_weights_sum_to_one_per_sample(model):
 
 
 def test_ten_steps_on_one_sample_halve_its_loss(model):
-    model.freeze("finetune")
+    model.set_trainable("finetune")
     model.train()
     batch = model.prepare_batch([sample(0)])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
@@ -139,7 +143,7 @@ def test_ten_steps_on_one_sample_halve_its_loss(model):
 
 @pytest.mark.parametrize("stage", ["align", "lora"])
 def test_save_load_round_trip_gives_identical_logits(model, tmp_path, stage):
-    model.freeze(stage)
+    model.set_trainable(stage)
     # Perturb trainable weights so the check covers what training changes.
     with torch.no_grad():
         for p in model.parameters():
@@ -156,7 +160,7 @@ def test_save_load_round_trip_gives_identical_logits(model, tmp_path, stage):
 
 
 def test_lora_merge_on_save_keeps_the_function(model, tmp_path):
-    model.freeze("lora")
+    model.set_trainable("lora")
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -218,22 +222,15 @@ def _single_encoder(fusion: str) -> VideoLMConfig:
 
 @pytest.mark.parametrize("fusion", ["cross-attention", "sum"])
 def test_single_encoder_weighted_fusion_has_no_dead_parameters(fusion):
-    from merv.models.fusion import _FUSIONS
-
     model = VideoLM(_single_encoder(fusion))
     assert not list(model.fusion.parameters())
-    model.freeze("align")
+    model.set_trainable("align")
     out = model(**model.prepare_batch([sample(0), sample(1, "a blue square moves up")]))
     out.loss.backward()
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
     torch.testing.assert_close(out.fusion_weights, torch.ones(2, 1))
-    # Checkpoints written while the fusion still had its (never trained) parameters load strictly.
-    width = model.llm.get_input_embeddings().embedding_dim
-    legacy = {f"fusion.{k}": v for k, v in _FUSIONS[fusion](width, 1).state_dict().items()}
-    assert legacy
-    model.load_state_dict({**model.state_dict(), **legacy}, strict=True)
 
 
 def test_option_nll_without_a_video_scores_text_only(model):
@@ -277,7 +274,7 @@ def test_bfloat16_lora_adapters_reload_in_bfloat16(tmp_path):
     config = VideoLMConfig.tiny()
     config.llm.dtype = "bfloat16"
     model = VideoLM(config)
-    model.freeze("lora")
+    model.set_trainable("lora")
     assert {p.dtype for n, p in model.llm.named_parameters() if "lora_" in n} == {torch.bfloat16}
     model.save_pretrained(tmp_path / "ckpt")
     loaded = VideoLM.from_pretrained(tmp_path / "ckpt")

@@ -29,7 +29,8 @@ from merv.cli.train import MERVCLI
 from merv.data.features import DTYPES, BuildStats, StorageDtype, build_feature_cache
 from merv.lit import MERVDataModule, MERVLitModule
 from merv.models.encoders import VisionEncoder
-from merv.models.vidlm import CONFIG_NAME, WEIGHTS_NAME, build_encoders
+from merv.models.sources import source_kind
+from merv.models.vidlm import WEIGHTS_NAME, build_encoders
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def encoder_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
     never opened); Lightning checkpoints and run directories go through `read_state_dict`.
     """
     path = Path(source)
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
+    if source_kind(path) == "saved":
         from safetensors import safe_open
 
         with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:

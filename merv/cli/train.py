@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 
+from jsonargparse import get_loader, set_loader
 from lightning.pytorch.cli import LightningCLI
 
 from merv.lit import MERVDataModule, MERVLitModule
+from merv.models.registry import expand_registered
+
+PARSER_MODE = "merv-yaml"
+"""YAML in which `{from_name: <registered model>, ...}` stands for that architecture (see `expand_registered`)."""
+_load_yaml = get_loader("yaml")
+set_loader(PARSER_MODE, lambda text: expand_registered(_load_yaml(text)), (ValueError, KeyError))
 
 
 class MERVCLI(LightningCLI):
@@ -16,6 +23,10 @@ class MERVCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         # No `predict`: the module has no predict step; answers come from `merv eval`.
         return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("parser_mode", PARSER_MODE)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         # Shuffling follows the run's seed, so one number makes a run reproducible.

@@ -49,7 +49,7 @@ class Processor(Protocol):
 
     def num_videos(self, video: Any) -> int: ...
 
-    def encode(self, conversations: Sequence[dict[str, str]], has_video: bool | int) -> dict[str, torch.Tensor]: ...
+    def encode(self, conversations: Sequence[dict[str, str]], num_videos: int) -> dict[str, torch.Tensor]: ...
 
     def collate(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]: ...
 
@@ -235,7 +235,7 @@ class VideoTextDataset(Dataset):
         """
         num_videos = self.processor.num_videos(record.get("video"))
         try:
-            return dict(self.processor.encode(record["conversations"], has_video=num_videos))
+            return dict(self.processor.encode(record["conversations"], num_videos=num_videos))
         except VisualTokensOverflowError as e:
             logger.warning("skipping %s: %s", describe_sample(index, record), e)
             clips = record_clips(record)

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
+from merv.models.prompting import GPT, HUMAN, VIDEO_TOKEN, normalize_role
 from merv.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-VIDEO_TOKEN = "<video>"
-"""The placeholder every reader writes where the video goes in the first human turn."""
+IMAGE_TOKEN = "<image>"
+"""LLaVA's image placeholder; readers rewrite it to `VIDEO_TOKEN` (an image is a one-frame video)."""
 
 OMNIFALL_CLASSES = (
     "walk",
@@ -53,9 +54,7 @@ OMNIFALL_CLASSES = (
 
 OMNIFALL_COLUMNS = ("path", "label", "start", "end", "subject", "cam", "dataset")
 
-_PLACEHOLDER = re.compile(r"<image>|<video>")
-# Role spellings accepted in conversation files (LLaVA uses human/gpt, chat-style exports user/assistant).
-_ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "model": "gpt"}
+_PLACEHOLDER = re.compile(f"{re.escape(IMAGE_TOKEN)}|{re.escape(VIDEO_TOKEN)}")
 _SPLIT_DIRS = ("train", "val", "validation", "test")
 
 
@@ -406,11 +405,13 @@ def _conversations(
         if not isinstance(turn, dict):
             at.fail(f"conversations[{i}]", f"expected an object, got {type(turn).__name__}")
         role = get_field(at, turn, "from", "str", name=f"conversations[{i}].from")
-        if role.lower() not in _ROLES:
-            at.fail(f"conversations[{i}].from", f"unknown role {role!r}; expected one of {sorted(_ROLES)}")
+        try:
+            role = normalize_role(role)
+        except ValueError as e:
+            at.fail(f"conversations[{i}].from", str(e))
         value = get_field(at, turn, "value", "str", name=f"conversations[{i}].value")
-        out.append({"from": _ROLES[role.lower()], "value": value})
-    first_human = next((i for i, t in enumerate(out) if t["from"] == "human"), None)
+        out.append({"from": role, "value": value})
+    first_human = next((i for i, t in enumerate(out) if t["from"] == HUMAN), None)
     if first_human is None:
         at.fail("conversations", "no human turn")
     total = len(videos) + len(images)
@@ -425,7 +426,7 @@ def _conversations(
             at.fail(f"conversations[{i}].value", "media placeholder outside the first human turn")
         if total == 1 and len(found) > 1:
             at.fail(f"conversations[{i}].value", f"{len(found)} media placeholders for one media file")
-        if turn["from"] != "human":
+        if turn["from"] != HUMAN:
             at.fail(f"conversations[{i}].value", "media placeholder in a gpt turn")
         tags += found
     if not total:
@@ -435,14 +436,14 @@ def _conversations(
         value = _PLACEHOLDER.sub(VIDEO_TOKEN, value) if tags else f"{VIDEO_TOKEN}\n{value}"
         out[first_human]["value"] = value
         return out, (videos or images)[0]
-    counts = (tags.count("<video>"), tags.count("<image>"))
+    counts = (tags.count(VIDEO_TOKEN), tags.count(IMAGE_TOKEN))
     if counts != (len(videos), len(images)):
         at.fail(
             "conversations",
-            f"{counts[0]} <video> and {counts[1]} <image> placeholders for {len(videos)} video(s) and "
+            f"{counts[0]} {VIDEO_TOKEN} and {counts[1]} {IMAGE_TOKEN} placeholders for {len(videos)} video(s) and "
             f"{len(images)} image(s): with several media files each needs its own placeholder",
         )
-    queues = {"<video>": iter(videos), "<image>": iter(images)}
+    queues = {VIDEO_TOKEN: iter(videos), IMAGE_TOKEN: iter(images)}
     ordered = [next(queues[tag]) for tag in tags]
     for turn in out:
         turn["value"] = _PLACEHOLDER.sub(VIDEO_TOKEN, turn["value"])
@@ -461,7 +462,7 @@ def _segment(at: RecordLocation, record: dict) -> None:
 def _classification_conversation(label: str, classes: Iterable[str]) -> list[dict[str, str]]:
     allowed = ", ".join(classes)
     question = f"{VIDEO_TOKEN}\nWhich action does the person in the video perform? Answer with one of: {allowed}."
-    return [{"from": "human", "value": question}, {"from": "gpt", "value": label}]
+    return [{"from": HUMAN, "value": question}, {"from": GPT, "value": label}]
 
 
 def normalize_label(name: str) -> str:
@@ -503,8 +504,8 @@ def _convert_qa(ctx: _Context, at: RecordLocation, record: dict, index: int) -> 
             request = f"{instruction}\n{question}"
         else:
             request = question or instruction or "Describe the video."
-        turns.append({"from": "human", "value": request})
-        turns.append({"from": "gpt", "value": answer})
+        turns.append({"from": HUMAN, "value": request})
+        turns.append({"from": GPT, "value": answer})
     _segment(at, record)
     extra = {k: v for k, v in record.items() if k not in ("id", "video", "image", "QA")}
     if qa[0].get("i"):
@@ -526,8 +527,8 @@ def _convert_metadata(ctx: _Context, at: RecordLocation, record: dict, index: in
     video = _media_path(ctx, at, "video", get_field(at, record, "video", "str"))
     fields = {k: v for k, v in record.items() if k != "video"}
     conversations = [
-        {"from": "human", "value": f"{VIDEO_TOKEN}\n{structured_caption_prompt(fields)}"},
-        {"from": "gpt", "value": json.dumps(fields, ensure_ascii=False)},
+        {"from": HUMAN, "value": f"{VIDEO_TOKEN}\n{structured_caption_prompt(fields)}"},
+        {"from": GPT, "value": json.dumps(fields, ensure_ascii=False)},
     ]
     return {**fields, "id": f"{ctx.path.stem}-{index}", "video": video, "conversations": conversations}
 
@@ -818,8 +819,8 @@ def load_annotations(
 __all__ = [
     "FORMATS",
     "MEDIA_SUFFIXES",
+    "IMAGE_TOKEN",
     "OMNIFALL_CLASSES",
-    "VIDEO_TOKEN",
     "AnnotationError",
     "FieldKind",
     "RecordLocation",

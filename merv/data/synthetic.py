@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from merv.data.formats import OMNIFALL_CLASSES
+from merv.models.prompting import GPT, HUMAN, VIDEO_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def caption(colour: str, shape: str, direction: str) -> str:
 
 
 def _with_placeholder(text: str, at_end: bool) -> str:
-    return f"{text}\n<video>" if at_end else f"<video>\n{text}"
+    return f"{text}\n{VIDEO_TOKEN}" if at_end else f"{VIDEO_TOKEN}\n{text}"
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -253,8 +254,8 @@ def _conversations(videos: list[dict[str, Any]], rng: np.random.Generator) -> tu
                 "id": f"{v['name']}_caption",
                 "video": f"videos/{v['name']}.mp4",
                 "conversations": [
-                    {"from": "human", "value": _with_placeholder(prompt, at_end=False)},
-                    {"from": "gpt", "value": caption(*truth)},
+                    {"from": HUMAN, "value": _with_placeholder(prompt, at_end=False)},
+                    {"from": GPT, "value": caption(*truth)},
                 ],
             }
         )
@@ -265,7 +266,7 @@ def _conversations(videos: list[dict[str, Any]], rng: np.random.Generator) -> tu
             question = _QUESTIONS[topic][int(rng.integers(len(_QUESTIONS[topic])))]
             if n == 0:
                 question = _with_placeholder(question, at_end=bool(rng.random() < 0.5))
-            turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answers[topic]}]
+            turns += [{"from": HUMAN, "value": question}, {"from": GPT, "value": answers[topic]}]
         instruct.append({"id": f"{v['name']}_instruct", "video": f"videos/{v['name']}.mp4", "conversations": turns})
     return captions, instruct
 

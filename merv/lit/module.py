@@ -90,7 +90,7 @@ class MERVLitModule(L.LightningModule):
         if self.hparams.init_from:
             init_weights(self.model, self.hparams.init_from)
             merge_adapters_unless_lora(self.model, self.stage)
-        self.model.freeze(self.stage)
+        self.model.set_trainable(self.stage)
         self._store_trained_weights_in_float32()
         if self.hparams.gradient_checkpointing:
             self.model.llm.gradient_checkpointing_enable()

@@ -74,19 +74,10 @@ class SingleEncoderFusion(Fusion):
     trained (and shrunk by weight decay). Single-encoder models get this instead.
     """
 
-    # Parameters of the weighted fusions: single-encoder checkpoints that hold them load, the values unused.
-    _LEGACY_KEYS = ("query", "key.weight", "logits")
-
     def __init__(self, dim: int, num_encoders: int = 1) -> None:
         if num_encoders != 1:
             raise ValueError(f"SingleEncoderFusion fuses exactly one encoder, got {num_encoders}")
         super().__init__(dim, num_encoders)
-        self.register_load_state_dict_pre_hook(self._drop_legacy_keys)
-
-    @staticmethod
-    def _drop_legacy_keys(module, state_dict, prefix, *args) -> None:
-        for key in SingleEncoderFusion._LEGACY_KEYS:
-            state_dict.pop(prefix + key, None)
 
     def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         (x,) = xs

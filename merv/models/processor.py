@@ -173,11 +173,11 @@ class VideoLMProcessor:
             "video_mask": torch.tensor(video, dtype=torch.bool),
         }
 
-    def encode(self, conversations: Sequence[dict[str, str]], has_video: bool | int) -> dict[str, torch.Tensor]:
+    def encode(self, conversations: Sequence[dict[str, str]], num_videos: int) -> dict[str, torch.Tensor]:
         """LLaVA-style turns (`{"from": "human"|"gpt", "value": ...}`) → `input_ids`, `labels`, `video_mask`.
 
-        Labels are -100 everywhere except the assistant answers and their end-of-turn token. `has_video` is
-        the number of videos (a bool for one or none); each `<video>` tag takes the next one in order.
+        Labels are -100 everywhere except the assistant answers and their end-of-turn token. Each `<video>` tag
+        takes the next of the sample's `num_videos` videos in order; a single video without a tag goes first.
         """
         turns = []
         for i, turn in enumerate(conversations):
@@ -187,15 +187,15 @@ class VideoLMProcessor:
                 raise ValueError(f"conversation turn {i}: {e}") from None
         if not turns or turns[-1][0] != GPT:
             raise ValueError("a training conversation must end with a gpt turn")
-        return self._tokenize_segments(self.prompt_format.segments(turns), int(has_video))
+        return self._tokenize_segments(self.prompt_format.segments(turns), num_videos)
 
-    def encode_prompt(self, prompt_text: str, has_video: bool | int = True) -> dict[str, torch.Tensor]:
+    def encode_prompt(self, prompt_text: str, num_videos: int = 1) -> dict[str, torch.Tensor]:
         """Already-rendered prompt text (from `PromptBuilder.get_prompt()`) → ids and video mask.
 
         Raises:
             ValueError: the prompt with its visual tokens is longer than `max_length`.
         """
-        return self._tokenize_segments([Segment(prompt_text, target=False)], int(has_video), truncate=False)
+        return self._tokenize_segments([Segment(prompt_text, target=False)], num_videos, truncate=False)
 
     # ---- batching ------------------------------------------------------------------------------
 
@@ -211,6 +211,7 @@ class VideoLMProcessor:
 
     @staticmethod
     def num_videos(video) -> int:
+        """How many videos a sample's `video` field holds: 0 for None, the length of a list, else 1."""
         if video is None:
             return 0
         return len(video) if is_multi_clip(video) else 1
@@ -218,7 +219,7 @@ class VideoLMProcessor:
     def item(self, sample: dict[str, Any]) -> dict[str, Any]:
         """A sample dict (`video` path/frames/list or None, `conversations`, optional `start`/`end`) → an item."""
         video = sample.get("video")
-        item = self.encode(sample["conversations"], has_video=self.num_videos(video))
+        item = self.encode(sample["conversations"], num_videos=self.num_videos(video))
         item["pixel_values"] = self.videos_pixels(video, sample.get("start"), sample.get("end"))
         return item
 

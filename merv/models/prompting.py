@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 HUMAN, GPT = "human", "gpt"
+"""The two conversation roles, spelled as LLaVA-format files spell them (`{"from": HUMAN, "value": ...}`)."""
 VIDEO_TOKEN = "<video>"
+"""Where a video's visual tokens go in a conversation; annotation readers write every media placeholder so."""
 
 # Accepted spellings of the two roles; LLaVA-style files use human/gpt, chat APIs user/assistant.
+# Annotation readers and prompt builders both go through `normalize_role`, so they accept the same ones.
 _ROLE_ALIASES = {"human": HUMAN, "user": HUMAN, "gpt": GPT, "assistant": GPT, "model": GPT}
 
 VICUNA_SYSTEM = (

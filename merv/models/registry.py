@@ -2,6 +2,8 @@
 
 A name fixes the architecture; the weights are a `save_pretrained` directory found in the local model
 cache (`$MERV_CACHE/models/<name>`, default `~/.cache/merv/models/<name>`), put there by `scripts/export.py`.
+This is the one place the named architectures are written: YAML configs name them (`from_name: merv-full`,
+see `expand_registered`) instead of restating them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import copy
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from merv.models.llm import LLMConfig
 from merv.models.vidlm import EncoderConfig, LoraSettings, VideoLMConfig
@@ -56,13 +59,58 @@ def available_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def model_config(name: str) -> VideoLMConfig:
-    """The architecture a registered name stands for: a fresh config the caller may change freely."""
+def model_config(name: str, **overrides: Any) -> VideoLMConfig:
+    """The architecture a registered name stands for: a fresh config the caller may change freely.
+
+    Args:
+        name: a registered name (see `available_models()`).
+        **overrides: `VideoLMConfig` fields to change; a mapping given for a nested config (`llm`, `lora`)
+            changes only the keys it names, anything else (a value, a list such as `encoders`) replaces.
+
+    Raises:
+        KeyError: `name` is not registered.
+    """
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     # The MERV configs are built from the module-level MERV_LLM and MERV_ENCODERS objects; a deep copy
     # keeps a caller's edits out of them and out of every later result.
-    return copy.deepcopy(_MODELS[name]())
+    config = copy.deepcopy(_MODELS[name]())
+    if not overrides:
+        return config
+    return VideoLMConfig(**_merge(config.to_dict(), overrides))
+
+
+FROM_NAME = "from_name"
+"""The key that makes a mapping in a config file a registered architecture (`{from_name: merv-full, ...}`)."""
+
+
+def expand_registered(value: Any) -> Any:
+    """Config data (as loaded from YAML) with every `{from_name: <name>, **overrides}` mapping replaced by the
+    fields of `model_config(name, **overrides)`; everything else is returned as it is.
+
+    The training command line loads its config files through this, so a model config names its architecture
+    and states only what differs, `--print_config` shows every field, and later configs and flags override
+    single fields as usual.
+    """
+    if isinstance(value, list):
+        return [expand_registered(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    value = {k: expand_registered(v) for k, v in value.items()}
+    if FROM_NAME not in value:
+        return value
+    overrides = dict(value)
+    return model_config(overrides.pop(FROM_NAME), **overrides).to_dict()
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def model_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:

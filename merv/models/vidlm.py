@@ -1,6 +1,6 @@
 """`VideoLM`: frozen visual encoders → alignment → projectors → fusion → a causal language model.
 
-Plain PyTorch (no Lightning): build from a `VideoLMConfig`, `freeze(stage)`, call with a batch from
+Plain PyTorch (no Lightning): build from a `VideoLMConfig`, `set_trainable(stage)`, call with a batch from
 `prepare_batch`, `generate` text, and `save_pretrained` / `from_pretrained` a directory.
 """
 
@@ -26,14 +26,14 @@ from merv.models.fusion import FusionKind, build_fusion
 from merv.models.llm import LLMConfig, build_llm, load_llm, load_tokenizer
 from merv.models.processor import IGNORE_INDEX, VideoLMProcessor
 from merv.models.projector import Projector
-from merv.models.prompting import VIDEO_TOKEN, PromptBuilder, PromptFormat
+from merv.models.prompting import GPT, HUMAN, VIDEO_TOKEN, PromptBuilder, PromptFormat
+from merv.models.sources import CONFIG_NAME
 from merv.video.clips import with_clip_axis
 
 logger = logging.getLogger(__name__)
 
 Stage = Literal["align", "finetune", "lora"]
 _LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LLM_DIR, ADAPTER_DIR = "llm", "llm_adapter"
 
@@ -84,7 +84,7 @@ class VideoLMConfig:
     """Longest token sequence (text + visual) fed to the LLM; longer training text is cut at the end, a longer
     generation prompt is an error. Must leave room for text after the visual tokens."""
     lora: LoraSettings = field(default_factory=LoraSettings)
-    """Adapter settings used by `freeze("lora")`."""
+    """Adapter settings used by `set_trainable("lora")`."""
 
     def __post_init__(self) -> None:
         # Accept plain dicts (from config.json or YAML) as well as the dataclasses.
@@ -108,6 +108,13 @@ class VideoLMConfig:
             # The tiny LLM's output head is adapted too, so LoRA can teach it words it never produced.
             lora=LoraSettings(target_modules=[*_LLAMA_LINEAR, "lm_head"]),
         )
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> VideoLMConfig:
+        """A registered architecture (see `merv.available_models()`), with `overrides` of its fields."""
+        from merv.models.registry import model_config  # the registry builds on this class
+
+        return model_config(name, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,9 +220,13 @@ class VideoLM(nn.Module):
 
     # ---- training stages -----------------------------------------------------------------------
 
-    def freeze(self, stage: Stage) -> None:
-        """Set which parameters train: `align` projectors + fusion; `finetune` + the LLM;
-        `lora` projectors + fusion + LoRA adapters added to the LLM. Encoders never train."""
+    def set_trainable(self, stage: Stage) -> None:
+        """Make exactly the parameters `stage` trains require gradients, and freeze every other one.
+
+        `align`: projectors + fusion. `finetune`: projectors + fusion + the whole LLM. `lora`: projectors +
+        fusion + LoRA adapters, added to the LLM if it has none. Encoders never train. (Unlike Lightning's
+        `LightningModule.freeze`, this unfreezes what the stage trains and leaves train/eval mode alone.)
+        """
         if stage not in ("align", "finetune", "lora"):
             raise ValueError(f"unknown stage {stage!r}; expected align, finetune or lora")
         if stage == "lora" and not _is_peft(self.llm):
@@ -243,9 +254,13 @@ class VideoLM(nn.Module):
 
     # ---- inputs --------------------------------------------------------------------------------
 
-    def preprocess(self, frames, start: float | None = None, end: float | None = None) -> list[torch.Tensor]:
+    def normalized_pixels(self, frames, start: float | None = None, end: float | None = None) -> list[torch.Tensor]:
         """Video path or `(T, H, W, 3)` uint8 frames → one `(T_e, 3, H_e, W_e)` float tensor per encoder,
-        normalised the encoder's way (batches carry the uint8 pixels and normalise in `encode_aligned`)."""
+        normalised the encoder's way.
+
+        `processor.preprocess` gives the same pixels as uint8, which is what batches carry (`encode_aligned`
+        normalises them on the model's device); this is for feeding an encoder directly.
+        """
         specs = self.processor.frame_specs
         return [spec.normalize(p) for spec, p in zip(specs, self.processor.preprocess(frames, start, end))]
 
@@ -344,7 +359,8 @@ class VideoLM(nn.Module):
                 for a prompt with several `<video>` tags. With a list of prompts, a list with one such entry
                 per prompt (and a list of answers is returned).
             prompt_text: text from `get_prompt_builder().get_prompt()`.
-            num_frames: optional per-encoder frame counts; must match the model's.
+            num_frames: per-encoder frame counts, accepted for MERV's API only: a model's frame counts are
+                fixed by its encoders, so this checks that they match and changes nothing.
             start, end: optional clip bounds in seconds.
             **generate_kwargs: passed to Hugging Face `generate` (greedy, 128 new tokens by default).
         """
@@ -358,7 +374,7 @@ class VideoLM(nn.Module):
             raise ValueError(f"got {len(videos)} videos for {len(prompts)} prompts")
         items = []
         for v, p in zip(videos, prompts):
-            item = self.processor.encode_prompt(p, has_video=self.processor.num_videos(v))
+            item = self.processor.encode_prompt(p, num_videos=self.processor.num_videos(v))
             item["pixel_values"] = self.processor.videos_pixels(v, start, end)
             items.append(item)
         batch = self.processor.collate(items, padding_side="left")  # generation appends on the right
@@ -385,17 +401,17 @@ class VideoLM(nn.Module):
         The video is encoded once and shared by all options (None scores the text alone); the question
         should not list the options, so scores do not depend on their order.
         """
-        has_video = video is not None
-        prompt = f"{VIDEO_TOKEN}\n{question}" if has_video and VIDEO_TOKEN not in question else question
+        num_videos = int(video is not None)
+        prompt = f"{VIDEO_TOKEN}\n{question}" if num_videos and VIDEO_TOKEN not in question else question
         items = [
-            self.processor.encode([{"from": "human", "value": prompt}, {"from": "gpt", "value": o}], has_video)
+            self.processor.encode([{"from": HUMAN, "value": prompt}, {"from": GPT, "value": o}], num_videos)
             for o in options
         ]
         for it in items:
             it["pixel_values"] = None
         batch = self.processor.collate(items)
         aligned = None
-        if has_video:
+        if num_videos:
             pixels = [with_clip_axis(p) for p in self.processor.preprocess(video, start, end)]  # (1, T_e, 3, S, S)
             aligned = [a.expand(len(options), *a.shape[1:]) for a in self.encode_aligned(pixels)]
         out = self(
@@ -422,14 +438,17 @@ class VideoLM(nn.Module):
             return self.config.encoders[int(name.split(".")[1])].pretrained is not None
         return name.startswith("llm.") and self.config.llm.name_or_path is not None and "lora_" not in name
 
-    def _load_state(self, state: dict[str, torch.Tensor], source: str | Path, llm_loaded: bool = False) -> list[str]:
-        """Load a (partial) state dict and return the keys it lacked; shared by every loading path.
+    def load_weights(self, state: dict[str, torch.Tensor], source: str | Path, llm_loaded: bool = False) -> list[str]:
+        """Load a (partial) state dict, adding LoRA adapters first when it holds some; return the keys it lacked.
 
         Keys may be missing only for weights that come from elsewhere: frozen encoders stored by reference,
         the whole LLM when `llm_loaded` (it came from its own directory), or the base weights of a named
         pretrained LLM (adapters must be in `state`). Anything else missing, or any unexpected key, is an
-        error naming `source`.
+        error naming `source`. Every loading path (saved directories, training checkpoints, a previous stage's
+        weights) goes through here.
         """
+        if any("lora_" in k for k in state) and not _is_peft(self.llm):
+            self.add_lora()
         result = self.load_state_dict(state, strict=False)
 
         def may_be_missing(key: str) -> bool:
@@ -485,7 +504,7 @@ class VideoLM(nn.Module):
             # Keep adapters in the LLM's dtype, as `add_lora` does (peft would upcast bf16 ones to fp32).
             llm = PeftModel.from_pretrained(llm, path / ADAPTER_DIR, autocast_adapter_dtype=False)
         model = cls(config, llm=llm, tokenizer=tokenizer)
-        model._load_state(load_file(str(path / WEIGHTS_NAME)), path / WEIGHTS_NAME, llm_loaded=True)
+        model.load_weights(load_file(str(path / WEIGHTS_NAME)), path / WEIGHTS_NAME, llm_loaded=True)
         if dtype is not None:
             model.to(dtype)
         model.stage = meta.get("stage")

@@ -11,6 +11,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from merv.video import VideoDecodeError
+from merv.video.clips import with_clip_axis
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,9 @@ class ActionModel(Protocol):
 
     def option_nll(self, video: Any, question: str, options: list[str], start=None, end=None) -> list[float]: ...
 
-    def preprocess(self, video: Any, start: float | None = None, end: float | None = None) -> list[torch.Tensor]: ...
+    def normalized_pixels(
+        self, video: Any, start: float | None = None, end: float | None = None
+    ) -> list[torch.Tensor]: ...
 
     def encode_aligned(self, pixel_values: list[torch.Tensor]) -> list[torch.Tensor]: ...
 
@@ -43,7 +46,9 @@ def clip_embedding(model: ActionModel, record: Mapping[str, Any]) -> torch.Tenso
     the per-encoder vectors are concatenated and scaled by `1/sqrt(E)`, so the dot product of two
     descriptors is the mean over encoders of their cosine similarities (no encoder dominates by width).
     """
-    pixels = [p.unsqueeze(0) for p in model.preprocess(record["video"], record.get("start"), record.get("end"))]
+    pixels = [
+        with_clip_axis(p) for p in model.normalized_pixels(record["video"], record.get("start"), record.get("end"))
+    ]
     aligned = model.encode_aligned(pixels)
     parts = [torch.nn.functional.normalize(a.float().mean(dim=(1, 2)).reshape(-1), dim=0) for a in aligned]
     return torch.cat(parts).cpu() / len(parts) ** 0.5

@@ -31,7 +31,7 @@ def _check_prompt_fits(model: ActionModel, prompt: str, num_videos: int) -> None
     if limit is None:
         return
     try:
-        length = len(processor.encode_prompt(prompt, has_video=num_videos)["input_ids"])
+        length = len(processor.encode_prompt(prompt, num_videos=num_videos)["input_ids"])
     except ValueError as e:
         raise ValueError(f"the prompt with {num_videos} video(s) does not fit max_length={limit}: {e}") from None
     if length >= limit:
