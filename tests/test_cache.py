@@ -408,7 +408,8 @@ def test_python_m_merv_cache_build(data_dir, tmp_path):
     command = [sys.executable, "-m", "merv.cache", "build", "--config", str(experiment), "--out", str(tmp_path / "f")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
     outputs = [
-        subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout for _ in range(2)
+        subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True, timeout=300).stdout
+        for _ in range(2)
     ]
     assert "6 videos, 0 hits, 6 misses (0 stale, 0 corrupt), 6 built, 0 failed" in outputs[0]
     assert "6 videos, 6 hits, 0 misses (0 stale, 0 corrupt), 0 built, 0 failed" in outputs[1]
