@@ -342,7 +342,7 @@ def test_corrupt_entry_is_skipped_like_a_bad_video(records, model, tmp_path, cap
         item = ds[1]
     assert isinstance(item, SkippedSample) and item.path == str(entry)
     assert any("skipping sample 1" in r.message and "corrupt cache entry" in r.message for r in caplog.records)
-    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=ds.collate)
+    loader = DataLoader(ds, batch_size=2, collate_fn=ds.collate)
     batches = list(loader)
     assert [b["num_skipped"] for b in batches] == [1, 0] and [b["num_samples"] for b in batches] == [1, 2]
     assert batches[0]["skipped_files"] == [str(entry)]
