@@ -31,7 +31,12 @@ def ddp_fit(tmp_path: Path, train_file: Path, trainer: dict, *flags: str, timeou
            "--trainer", str(tmp_path / "trainer.yaml"), "--data.train_files", json.dumps([str(train_file)]),
            "--data.val_files", "[]", "--data.num_workers", "0", "--data.batch_size", "2", *flags]  # fmt: skip
     env = {**os.environ, "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    for _ in range(2):
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+        # Lightning picks the rendezvous port by binding a free one and letting it go, so another process on the
+        # machine can take it before rank 0 listens on it. Only that race earns a second run (on a fresh port).
+        if result.returncode == 0 or "EADDRINUSE" not in result.stderr:
+            break
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
