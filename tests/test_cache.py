@@ -402,13 +402,14 @@ def test_build_command_then_all_hits(data_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # two fresh interpreters building the cache: 200 s with both cores 4x oversubscribed
 def test_python_m_merv_cache_build(data_dir, tmp_path):
     """The module entry point in a fresh interpreter: a first build writes, a second reports all hits."""
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json")
     command = [sys.executable, "-m", "merv.cache", "build", "--config", str(experiment), "--out", str(tmp_path / "f")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
     outputs = [
-        subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True, timeout=300).stdout
+        subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True, timeout=600).stdout
         for _ in range(2)
     ]
     assert "6 videos, 0 hits, 6 misses (0 stale, 0 corrupt), 6 built, 0 failed" in outputs[0]
