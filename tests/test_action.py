@@ -599,6 +599,7 @@ def test_recipes_parse_with_the_cli(name, capsys, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 400 training steps decoding every clip: 29 minutes with both cores oversubscribed
 def test_lora_recipe_learns_the_generated_actions(tmp_path, monkeypatch):
     """`fall_synthetic.yaml` end to end on a few generated clips: prepare, LoRA fit, evaluate before and after."""
     from merv.cli.train import main as cli_main

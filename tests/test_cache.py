@@ -363,7 +363,7 @@ def test_corrupt_entry_is_skipped_like_a_bad_video(records, model, tmp_path, cap
         item = ds[1]
     assert isinstance(item, SkippedSample) and item.path == str(entry)
     assert any("skipping sample 1" in r.message and "corrupt cache entry" in r.message for r in caplog.records)
-    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=ds.collate)
+    loader = DataLoader(ds, batch_size=2, collate_fn=ds.collate)
     batches = list(loader)
     assert [b["num_skipped"] for b in batches] == [1, 0] and [b["num_samples"] for b in batches] == [1, 2]
     assert batches[0]["skipped_files"] == [str(entry)]
@@ -467,6 +467,7 @@ def test_the_builder_encodes_with_the_runs_encoders_whatever_randomness_came_bef
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # two fresh interpreters building the cache: 200 s with both cores 4x oversubscribed
 def test_python_m_merv_cli_cache_build(data_dir, tmp_path):
     """The module entry point in a fresh interpreter: a first build writes, a second reports all hits."""
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json")
@@ -482,7 +483,8 @@ def test_python_m_merv_cli_cache_build(data_dir, tmp_path):
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
     outputs = [
-        subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout for _ in range(2)
+        subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True, timeout=600).stdout
+        for _ in range(2)
     ]
     assert "6 videos, 0 hits, 6 misses (0 stale, 0 corrupt), 6 built, 0 failed" in outputs[0]
     assert "6 videos, 6 hits, 0 misses (0 stale, 0 corrupt), 0 built, 0 failed" in outputs[1]

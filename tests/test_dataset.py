@@ -59,7 +59,9 @@ def records(tmp_path_factory):
 def test_dataloader_with_workers_skips_bad_videos_and_counts_them(processor, records):
     ordered, good_indices = records
     dataset = VideoTextDataset(ordered, processor, max_skip_fraction=0.5, min_samples=4)
-    loader = DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=dataset.collate)
+    # Worker processes are the point here, started as training starts them; a stuck worker fails the test
+    # after two minutes instead of hanging it (a batch takes well under a second).
+    loader = DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=dataset.collate, timeout=120)
     seen = []
     for batch in track_skips(loader, dataset.skip_counter):
         seen += batch["indices"].tolist()

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,26 @@ import torch
 from merv.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def rendezvous_port() -> int:
+    """A free port for rank 0's store, below the kernel's ephemeral range.
+
+    Left to itself, Lightning binds an ephemeral port and releases it before rank 0 listens on it; any connection
+    on the machine may take it in between, and rank 1 then waits for a store that never comes. Ports below the
+    range are handed to no one who does not ask for that very port. Each test process starts its search at
+    its own offset, so test runs side by side do not ask for the same one.
+    """
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    start = max(1024, first_ephemeral - 10_000) + os.getpid() % 5_000
+    for port in range(start, first_ephemeral):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port between {start} and {first_ephemeral}")
 
 
 def ddp_fit(tmp_path: Path, train_file: Path, trainer: dict, *flags: str, timeout: float = 300):
@@ -30,7 +51,7 @@ def ddp_fit(tmp_path: Path, train_file: Path, trainer: dict, *flags: str, timeou
     cmd = [sys.executable, "-m", "merv.cli", "fit", "--config", str(ROOT / "configs/experiments/quickstart.yaml"),
            "--trainer", str(tmp_path / "trainer.yaml"), "--data.train_files", json.dumps([str(train_file)]),
            "--data.val_files", "[]", "--data.num_workers", "0", "--data.batch_size", "2", *flags]  # fmt: skip
-    env = {**os.environ, "JSONARGPARSE_DEPRECATION_WARNINGS": "off"}
+    env = {**os.environ, "JSONARGPARSE_DEPRECATION_WARNINGS": "off", "MASTER_PORT": str(rendezvous_port())}
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

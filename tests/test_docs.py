@@ -103,6 +103,7 @@ def test_docs_have_commands():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # two dozen fresh interpreters one after another (each bounded at 600 s itself)
 def test_every_documented_command_runs(tmp_path):
     work = tmp_path / "work"
     work.mkdir()

@@ -2,8 +2,8 @@
 Hugging Face judge, and the string-match metric."""
 
 import json
+import socket
 import threading
-import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -68,19 +68,25 @@ class FlakyChatServer:
     """Chat-completions endpoint on 127.0.0.1 whose behaviour per question follows a script.
 
     Each question text maps to a list of actions, one per attempt (the last repeats): "ok-yes", "ok-no",
-    "500", "hang" (answer only after the client has timed out), "malformed" (a reply without a verdict),
-    "garbage" (a body that is not JSON), "400".
+    "500", "429", "400", "hang" (never answer: hold the request until the client hangs up), "malformed" (a
+    reply without a verdict), "garbage" (a body that is not JSON).
+
+    A hang never depends on how fast the machine is: the client's timeout is the only way out of it, and
+    `hung_up` is released once for every request the client abandoned.
     """
 
-    def __init__(self, script: dict[str, list[str]], hang_s: float = 0.7):
+    def __init__(self, script: dict[str, list[str]]):
         self.script = script
-        self.hang_s = hang_s
         self.calls: Counter = Counter()
         self.bodies: list[dict] = []
+        self.hung_up = threading.Semaphore(0)
         self.lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Bounds every read, so a hung request whose client never hangs up cannot pin its thread forever.
+            timeout = 60
+
             def log_message(self, *args):  # keep test output quiet
                 pass
 
@@ -96,9 +102,11 @@ class FlakyChatServer:
                 action = actions[min(attempt, len(actions) - 1)]
                 try:
                     if action == "hang":
-                        time.sleep(server.hang_s)
-                        action = "ok-yes"
-                    if action in ("500", "400"):
+                        # The client sends nothing more: the read ends when it closes the connection.
+                        if self.rfile.read(1) == b"":
+                            server.hung_up.release()
+                        return
+                    if action in ("500", "429", "400"):
                         self.send_response(int(action))
                         self.end_headers()
                         self.wfile.write(b"error")
@@ -119,8 +127,8 @@ class FlakyChatServer:
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout)
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                    pass  # the client is gone
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -142,7 +150,7 @@ class FlakyChatServer:
 SCRIPT = {
     "q0": ["ok-yes"],
     "q1": ["500", "ok-yes"],
-    "q2": ["hang", "ok-no"],
+    "q2": ["429", "ok-no"],  # rate limited: retried
     "q3": ["malformed", "ok-yes"],
     "q4": ["500"],  # never recovers
     "q5": ["malformed"],  # never recovers
@@ -167,16 +175,19 @@ def records():
 
 
 def make_judge(url, **kw):
-    return OpenAIChatJudge(
-        url,
-        "judge-model-x",
-        api_key_env="MERV_TEST_JUDGE_KEY",
-        timeout_s=0.25,
-        max_retries=3,
-        backoff_s=0.01,
-        concurrency=4,
-        **kw,
-    )
+    """By default a timeout that no answered request comes near, however busy the machine: only a scripted
+    hang ever times out, so how many attempts an item takes follows from the script alone."""
+    settings = {"timeout_s": 60.0, "max_retries": 3, "backoff_s": 0.01, "concurrency": 4, **kw}
+    return OpenAIChatJudge(url, "judge-model-x", api_key_env="MERV_TEST_JUDGE_KEY", **settings)
+
+
+@pytest.fixture
+def refused_url():
+    """An endpoint that refuses connections: its port is held by a socket that never listens, so nothing
+    else on the machine can take it while the test runs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
 def test_http_judge_retries_counts_failures_and_caches(tmp_path, monkeypatch):
@@ -195,7 +206,7 @@ def test_http_judge_retries_counts_failures_and_caches(tmp_path, monkeypatch):
         assert by_id["id6"].verdict == Verdict("yes", 4)
         assert "HTTP 400" in by_id["id7"].error and "after 4 attempts" in by_id["id4"].error
 
-        # Attempts per item: retries only where needed; a 400 is not retried.
+        # Attempts per item: retries only where needed (5xx, 429, unreadable replies); a 400 is not retried.
         assert (
             server.calls["q0"] == 1 and server.calls["q1"] == 2 and server.calls["q2"] == 2 and server.calls["q3"] == 2
         )
@@ -266,12 +277,30 @@ def test_duplicate_ids_and_missing_fields_are_refused():
         judge_report(incomplete, None, source="preds.jsonl")
 
 
-def test_unreachable_endpoint_fails_items_without_crashing():
+def test_http_judge_abandons_a_request_that_is_never_answered_and_retries(monkeypatch):
+    monkeypatch.setenv("MERV_TEST_JUDGE_KEY", "sk-test-123")
+    # Only the client's timeout ends the first attempt; the retry is answered at once, far within the timeout.
+    with FlakyChatServer({"q2": ["hang", "ok-no"]}) as server:
+        assert make_judge(server.url, timeout_s=2.0).judge("q2", "a", "p") == Verdict("no", 1)
+        assert server.hung_up.acquire(timeout=60)  # the client closed the abandoned connection
+        assert server.calls["q2"] >= 2
+
+
+def test_http_judge_reports_a_server_that_never_answers(monkeypatch):
+    monkeypatch.setenv("MERV_TEST_JUDGE_KEY", "sk-test-123")
+    with FlakyChatServer({"q0": ["hang"]}) as server:
+        judge = make_judge(server.url, timeout_s=0.2, max_retries=1)
+        with pytest.raises(JudgeError, match="after 2 attempts: .*timed out"):
+            judge.judge("q0", "a", "p")
+        assert server.hung_up.acquire(timeout=60) and server.hung_up.acquire(timeout=60)
+
+
+def test_unreachable_endpoint_fails_items_without_crashing(refused_url):
     judge = OpenAIChatJudge(
-        "http://127.0.0.1:9/v1",
+        refused_url,
         "m",
         api_key_env="MERV_UNSET_KEY_FOR_TEST",
-        timeout_s=0.2,
+        timeout_s=60.0,
         max_retries=1,
         backoff_s=0.01,
     )

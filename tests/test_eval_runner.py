@@ -638,7 +638,7 @@ def test_eval_package_does_not_import_lightning():
         "import sys, merv.eval, merv.eval.merv_flags, merv.eval.commands, merv.eval.__main__; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]; print(bad); sys.exit(bool(bad))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -85,7 +85,7 @@ def test_exported_model_loads_without_lightning(lora_run, tmp_path):
         "import sys; sys.modules['lightning'] = None; sys.modules['pytorch_lightning'] = None\n"
         f"from merv import load_vid; m = load_vid({str(lora_run / 'model')!r}); print(type(m).__name__)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "VideoLM"
 
