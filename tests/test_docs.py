@@ -50,7 +50,7 @@ def shorten(argv: list[str]) -> list[str]:
         steps = "5" if "--ckpt_path" in argv else "3"
         argv += ["--trainer.max_steps", steps, "--data.num_workers", "0", "--trainer.enable_progress_bar", "false"]
     if argv[1:4] == ["-m", "merv.cli.cache", "build"]:
-        argv += ["--num_workers", "0", "--no_progress"]
+        argv += ["--num_workers", "0", "--progress", "false"]
     return argv
 
 
