@@ -19,8 +19,8 @@ fusion), taking turns step by step; the table reports median seconds per step:
 
 Prints a table and one JSON line; checks that the losses of both modes agree within `--tolerance`.
 
-    python benchmarks/bench_cache.py [--preset cpu|merv] [--steps 10] [--batch-size 2] [--num-workers 0]
-        [--dtype float32] [--llm-layers N] [--llm-width W] [--width 320 --height 240 --seconds 4 --fps 30]
+    python benchmarks/bench_cache.py [--preset cpu|merv] [--steps 10] [--batch_size 2] [--num_workers 0]
+        [--dtype float32] [--llm_layers N] [--llm_width W] [--width 320 --height 240 --seconds 4 --fps 30]
 """
 
 from __future__ import annotations
@@ -242,8 +242,8 @@ def merv_matched_depth(conversations: list[dict], llm_width: int) -> tuple[int, 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per mode")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0: data time is visible)")
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (0: data time is visible)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="cache storage dtype")
     parser.add_argument(
         "--preset",
@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
         default="cpu",
         help="LLM size: the quick-start's (cpu) or matched to merv-full's encoder FLOP share (merv)",
     )
-    parser.add_argument("--llm-layers", type=int, default=None, help="override the preset's LLM depth")
-    parser.add_argument("--llm-width", type=int, default=None, help="override the preset's LLM width")
+    parser.add_argument("--llm_layers", type=int, default=None, help="override the preset's LLM depth")
+    parser.add_argument("--llm_width", type=int, default=None, help="override the preset's LLM width")
     parser.add_argument("--width", type=int, default=320, help="clip width (bench_data.py's default clips)")
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--seconds", type=float, default=4.0)

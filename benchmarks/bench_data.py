@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over the clips (best is kept)")
     parser.add_argument("--backend", default=None, help="decord, pyav or torchcodec (default: decord, then PyAV)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (DataLoader workers use 1)")
-    parser.add_argument("--video-dir", help="use these .mp4 files instead of generating clips")
+    parser.add_argument("--video_dir", help="use these .mp4 files instead of generating clips")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 

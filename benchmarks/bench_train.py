@@ -4,10 +4,10 @@ The batch is built once in memory (random pixels, a tokenised conversation), so 
 model step, not data loading (see bench_data.py and bench_cache.py for those). FLOPs per step are counted
 with `torch.utils.flop_counter.FlopCounterMode` on one step (matmuls and attention, forward and backward;
 attention through the math kernel so that it is counted);
-model FLOPs utilisation is that count times steps/s over `--peak-tflops`.
+model FLOPs utilisation is that count times steps/s over `--peak_tflops`.
 
-    python benchmarks/bench_train.py [--model tiny|scaled] [--stage align|finetune|lora] [--batch-size 4]
-    python benchmarks/bench_train.py --model scaled --device cuda --dtype bfloat16 --peak-tflops 989
+    python benchmarks/bench_train.py [--model tiny|scaled] [--stage align|finetune|lora] [--batch_size 4]
+    python benchmarks/bench_train.py --model scaled --device cuda --dtype bfloat16 --peak_tflops 989
 """
 
 from __future__ import annotations
@@ -66,16 +66,16 @@ def main(argv: list[str] | None = None) -> dict:
         "--model", choices=["tiny", "scaled"], default="tiny", help="VideoLMConfig.tiny() or bench_cache's"
     )
     parser.add_argument("--stage", choices=["align", "finetune", "lora"], default="finetune")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up steps)")
-    parser.add_argument("--from-features", action="store_true", help="feed aligned features (feature-cache training)")
+    parser.add_argument("--from_features", action="store_true", help="feed aligned features (feature-cache training)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (e.g. 989 for H100 bf16)")
+    parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (e.g. 989 for H100 bf16)")
     parser.add_argument(
-        "--llm-layers", type=int, default=None, help="scaled model: LLM depth (default: merv-full's encoder FLOP share)"
+        "--llm_layers", type=int, default=None, help="scaled model: LLM depth (default: merv-full's encoder FLOP share)"
     )
-    parser.add_argument("--llm-width", type=int, default=256, help="scaled model: LLM width")
+    parser.add_argument("--llm_width", type=int, default=256, help="scaled model: LLM width")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on shared machines)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

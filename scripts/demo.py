@@ -24,11 +24,11 @@ logger = logging.getLogger("demo")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default="data/synthetic", help="where the generated videos live")
-    p.add_argument("--num-videos", type=int, default=1000, help="videos per synthetic family")
+    p.add_argument("--data_dir", default="data/synthetic", help="where the generated videos live")
+    p.add_argument("--num_videos", type=int, default=1000, help="videos per synthetic family")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-dir", default="outputs/quickstart", help="run directory (logs, checkpoints, model)")
-    p.add_argument("--max-steps", type=int, default=None, help="override the config's trainer.max_steps")
+    p.add_argument("--output_dir", default="outputs/quickstart", help="run directory (logs, checkpoints, model)")
+    p.add_argument("--max_steps", type=int, default=None, help="override the config's trainer.max_steps")
     return p.parse_args(argv)
 
 

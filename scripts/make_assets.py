@@ -1,7 +1,7 @@
 """Regenerate the README figures and sample video from a real quick-start run; nothing is drawn by hand.
 
     python scripts/make_assets.py --run outputs/quickstart/run/version_0 \\
-        [--fall-report eval/action/loglik_report.json] [--data-dir data/synthetic] [--out assets]
+        [--fall_report eval/action/loglik_report.json] [--data_dir data/synthetic] [--out assets]
 
 Writes under `--out`:
 
@@ -523,9 +523,9 @@ def write_sample_video(path: Path, seed: int = 0) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="run version folder, e.g. outputs/quickstart/run/version_0")
-    p.add_argument("--fall-report", default=None, help="action/fall evaluation report JSON (merv.eval.action)")
+    p.add_argument("--fall_report", default=None, help="action/fall evaluation report JSON (merv.eval.action)")
     p.add_argument(
-        "--data-dir",
+        "--data_dir",
         default=None,
         help="generated data holding nextqa.csv and videos/; default: the folder of the question file named in "
         "the run's eval report, else data/synthetic",
@@ -618,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         confusion = plot_action_confusion(Path(args.fall_report), out / "confusion_matrix.png")
         written["confusion_matrix"] = str(out / "confusion_matrix.png")
     else:
-        skipped["confusion_matrix"] = "no --fall-report given"
+        skipped["confusion_matrix"] = "no --fall_report given"
         logger.info("confusion_matrix.png skipped: %s", skipped["confusion_matrix"])
 
     sample = write_sample_video(out / "sample.mp4", args.seed)

@@ -61,13 +61,13 @@ def tensorboard_series(run: Path, tag: str) -> tuple[list[float], list[float]]:
 
 
 def run_main(tiny_run: dict[str, Path], out: Path, *extra: str) -> dict:
-    args = ["--run", str(tiny_run["run"]), "--data-dir", str(tiny_run["data"]), "--out", str(out), *extra]
+    args = ["--run", str(tiny_run["run"]), "--data_dir", str(tiny_run["data"]), "--out", str(out), *extra]
     return make_assets.main(args)
 
 
 def test_main_writes_every_asset_with_the_logged_values(tiny_run, tmp_path):
     out = tmp_path / "assets"
-    summary = run_main(tiny_run, out, "--fall-report", str(tiny_run["fall_report"]))
+    summary = run_main(tiny_run, out, "--fall_report", str(tiny_run["fall_report"]))
     names = ["architecture.png", "demo_curves.png", "fusion_weights.png", "confusion_matrix.png", "sample.mp4"]
     for name in names:
         assert (out / name).is_file(), name
@@ -115,7 +115,7 @@ def test_rerun_reads_checkpoint_accuracies_from_the_cache(tiny_run, tmp_path, mo
     monkeypatch.setattr(make_assets, "evaluate_checkpoint", no_evaluation)
     second = run_main(tiny_run, out)
     assert second["accuracy"] == first["accuracy"]
-    assert second["skipped"]["confusion_matrix"] == "no --fall-report given"
+    assert second["skipped"]["confusion_matrix"] == "no --fall_report given"
     assert not (out / "confusion_matrix.png").exists()
 
 

@@ -408,7 +408,7 @@ def test_build_command_then_all_hits(data_dir, tmp_path, capsys):
     from merv.cli.cache import main
 
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json", "instruct.json")
-    command = ["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--no_progress"]
+    command = ["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--progress", "false"]
     assert main([*command, "--dtype", "float16"]) == 0
     # captions and instructions share their 6 training videos: each is encoded once.
     assert "6 videos, 0 hits, 6 misses (0 stale, 0 corrupt), 6 built, 0 failed" in capsys.readouterr().out
@@ -434,7 +434,7 @@ def test_build_command_options_and_experiment_overrides(data_dir, tmp_path, monk
     monkeypatch.setattr(cache_cli, "build_feature_cache", fake_build)
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json")
     argv = ["build", "--config", str(experiment), "--batch_size", "3", "--data.train_files", f"[{data_dir / 'instruct.json'}]",
-            "--num_workers", "1", "--world_size", "2", "--rank", "1", "--no_progress", "--overwrite", "--dtype", "bfloat16",
+            "--num_workers", "1", "--world_size", "2", "--rank", "1", "--progress", "false", "--overwrite", "--dtype", "bfloat16",
             "--model.feature_cache", str(tmp_path / "from-config"), "--splits", "[train]", "--device", "cpu"]  # fmt: skip
     assert cache_cli.main(argv) == 0
     assert seen["records"] == len(load_annotations(data_dir / "instruct.json"))
@@ -509,7 +509,7 @@ def test_fit_from_cache_matches_live_fit(data_dir, tmp_path, monkeypatch):
     from merv.data import visual_inputs
 
     experiment = experiment_yaml(tmp_path / "experiment.yaml", data_dir, "captions.json", batch_size=2)
-    cache_main(["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--no_progress"])
+    cache_main(["build", "--config", str(experiment), "--out", str(tmp_path / "features"), "--progress", "false"])
 
     def fit(*extra):
         cli = cli_main(

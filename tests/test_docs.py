@@ -44,13 +44,13 @@ def doc_commands(name: str) -> list[str]:
 
 def shorten(argv: list[str]) -> list[str]:
     """Keep each command's meaning, make it CPU-test sized."""
-    if "--num-videos" in argv:
-        argv[argv.index("--num-videos") + 1] = "8"
+    if "--num_videos" in argv:
+        argv[argv.index("--num_videos") + 1] = "8"
     if is_training(argv) and "--print_config" not in argv:
         steps = "5" if "--ckpt_path" in argv else "3"
         argv += ["--trainer.max_steps", steps, "--data.num_workers", "0", "--trainer.enable_progress_bar", "false"]
     if argv[1:4] == ["-m", "merv.cli.cache", "build"]:
-        argv += ["--num_workers", "0", "--no_progress"]
+        argv += ["--num_workers", "0", "--progress", "false"]
     return argv
 
 

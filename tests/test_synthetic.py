@@ -34,7 +34,7 @@ def generated(tmp_path_factory):
 
 def test_cli_output_is_byte_identical_for_a_seed(generated, tmp_path):
     out, _ = generated
-    cmd = [sys.executable, "-m", "merv.data.synthetic", "--out", str(tmp_path / "b"), "--num-videos", str(NUM_VIDEOS)]
+    cmd = [sys.executable, "-m", "merv.data.synthetic", "--out", str(tmp_path / "b"), "--num_videos", str(NUM_VIDEOS)]
     result = subprocess.run([*cmd, "--seed", str(SEED)], capture_output=True, text=True, timeout=300, check=True)
     assert "wrote" in result.stderr and '"captions.json": "llava"' in result.stderr  # summary is logged
     first, second = _hashes(out), _hashes(tmp_path / "b")

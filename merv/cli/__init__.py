@@ -106,7 +106,7 @@ def __getattr__(name: str) -> Any:
 # ------------------------------------------------------------------------------------- typed command lines
 
 
-def config_parser(config_class: type, prog: str, description: str) -> ArgumentParser:
+def config_parser(config_class: type, prog: str, description: str, config_file: bool = True) -> ArgumentParser:
     """A jsonargparse parser whose options are the fields of a dataclass, with its docstring as their help.
 
     Besides one flag per field it takes `--config FILE` (YAML of the same fields; later flags win) and
@@ -116,11 +116,14 @@ def config_parser(config_class: type, prog: str, description: str) -> ArgumentPa
         config_class: a dataclass whose `Attributes:` docstring section documents each field.
         prog: the command as typed, e.g. `merv export`.
         description: the first line of `--help`.
+        config_file: offer `--config FILE`; off where `--config` means something else (`merv cache build`
+            passes it to the experiment's parser).
     """
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
+    if config_file:
+        parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     parser.add_class_arguments(config_class, as_group=False)
     switches = {name for name, hint in typing.get_type_hints(config_class).items() if hint is bool}
     for action in parser._actions:

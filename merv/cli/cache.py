@@ -9,22 +9,19 @@ the videos between them (`--rank`/`--world_size`, or the `RANK`/`WORLD_SIZE` or 
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import logging
 import os
 import sys
-import textwrap
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from jsonargparse import ActionYesNo, ArgumentParser
+from jsonargparse import ArgumentParser
 
+from merv.cli import config_parser
 from merv.cli.train import MERVCLI
 from merv.data.features import DTYPES, BuildStats, StorageDtype, build_feature_cache
 from merv.lit import MERVDataModule, MERVLitModule
@@ -42,30 +39,33 @@ _EXPERIMENT_FLAGS = ("--config", "--seed_everything", "--model", "--data", "--tr
 @dataclass
 class BuildOptions:
     """Options of `build`; the experiment itself comes from `--config` files and `--model.*` / `--data.*`
-    overrides, read by the training CLI's parser."""
+    overrides, read by the training CLI's parser.
+
+    Attributes:
+        out: cache folder (default: model.feature_cache, else $MERV_CACHE/features).
+        dtype: storage dtype; float16 and bfloat16 halve the disk space.
+        splits: annotation splits whose videos are encoded.
+        batch_size: videos per encoder pass (default: data.batch_size).
+        num_workers: decoding workers (default: data.num_workers).
+        device: where the encoders run (default: cuda:LOCAL_RANK when CUDA is available, else cpu).
+        rank: this process's shard (default: $RANK, $SLURM_PROCID or 0).
+        world_size: number of shards (default: $WORLD_SIZE, $SLURM_NTASKS or 1).
+        overwrite: rebuild entries that are already valid.
+        progress: show progress bars (`--progress false` hides them).
+        log_level: Logging level.
+    """
 
     out: str | None = None
-    """Cache folder (default: model.feature_cache, else $MERV_CACHE/features)."""
     dtype: StorageDtype = "float32"
-    """Storage dtype; float16 and bfloat16 halve the disk space."""
     splits: list[Literal["train", "val", "test"]] = field(default_factory=lambda: list(SPLITS))
-    """Annotation splits whose videos are encoded."""
     batch_size: int | None = None
-    """Videos per encoder pass (default: data.batch_size)."""
     num_workers: int | None = None
-    """Decoding workers (default: data.num_workers)."""
     device: str | None = None
-    """Where the encoders run (default: cuda:LOCAL_RANK when CUDA is available, else cpu)."""
     rank: int | None = None
-    """This process's shard (default: $RANK, $SLURM_PROCID or 0)."""
     world_size: int | None = None
-    """Number of shards (default: $WORLD_SIZE, $SLURM_NTASKS or 1)."""
     overwrite: bool = False
-    """Rebuild entries that are already valid."""
     progress: bool = True
-    """Show progress bars (`--no_progress` hides them)."""
     log_level: str = "INFO"
-    """Logging level."""
 
 
 class _SettingsCLI(MERVCLI):
@@ -197,37 +197,16 @@ def split_experiment_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return experiment, own
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass, for `--help`."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-    return {
-        a.target.id: b.value.value
-        for a, b in zip(body, body[1:])
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
-    }
-
-
-def _options_parser(cls: type, description: str) -> ArgumentParser:
-    """A parser with one `--<field>` per dataclass field; booleans are switches (`--overwrite`, `--no_progress`)."""
-    parser = ArgumentParser(description=description)
-    hints, docs = typing.get_type_hints(cls), _field_docs(cls)
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if hints[f.name] is bool:
-            parser.add_argument(f"--{f.name}", action=ActionYesNo, default=default, help=docs.get(f.name))
-        else:
-            parser.add_argument(f"--{f.name}", type=hints[f.name], default=default, help=docs.get(f.name))
-    return parser
-
-
 def parser() -> ArgumentParser:
     """The command line of `merv cache` (also `python -m merv.cli.cache`)."""
     main_parser = ArgumentParser(prog="merv cache", description="Frozen-encoder feature caches for merv experiments.")
     commands = main_parser.add_subcommands(dest="subcommand")
-    build_parser = _options_parser(
+    build_parser = config_parser(
         BuildOptions,
+        "merv cache build",
         "Fill a feature cache for an experiment: `--config <experiment.yaml>` (repeatable, later ones win) and "
         "`--model.*` / `--data.*` overrides go to the training CLI's parser.",
+        config_file=False,
     )
     commands.add_subcommand("build", build_parser, help="encode a dataset once and store the aligned features")
     return main_parser

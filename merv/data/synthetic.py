@@ -1,6 +1,6 @@
 """Synthetic video datasets that a tiny model with frozen random encoders can learn, in the public formats.
 
-`python -m merv.data.synthetic --out DIR --num-videos N --seed S` writes real mp4 files (64x64, 16 frames
+`python -m merv.data.synthetic --out DIR --num_videos N --seed S` writes real mp4 files (64x64, 16 frames
 at 8 fps) and their annotations; the same seed gives byte-identical files. Two families:
 
 * shapes: one large coloured shape moving across a dark frame -> alignment captions, instruction
@@ -392,9 +392,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: parse arguments, generate, log the summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--num-videos", type=int, default=48, help="videos per family (shapes, actions)")
+    parser.add_argument("--num_videos", type=int, default=48, help="videos per family (shapes, actions)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; equal seeds give identical files")
-    parser.add_argument("--log-level", default="INFO", help="logging level")
+    parser.add_argument("--log_level", default="INFO", help="logging level")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     summary = generate(args.out, args.num_videos, args.seed)
