@@ -133,7 +133,7 @@ def test_a_registered_name_without_local_weights_explains_where_and_how(tmp_path
         load_vid("merv-full", cache_dir=tmp_path)
     message = str(err.value)
     assert str(tmp_path / "merv-full") in message
-    assert "scripts/export.py" in message
+    assert "merv export --model" in message
 
 
 def test_a_registered_name_loads_from_the_model_cache(lora_run, tmp_path, monkeypatch):

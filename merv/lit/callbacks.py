@@ -125,7 +125,7 @@ class ExportPretrained(L.Callback):
     """At the end of `fit`, writes the model with `save_pretrained` to `<log_dir>/<dirname>`.
 
     Sharded strategies (FSDP, DeepSpeed) hold no full copy of the weights on any rank: there the run's
-    checkpoint is exported afterwards instead (`python scripts/export.py`).
+    checkpoint is exported afterwards instead (`merv export`).
     """
 
     def __init__(self, dirname: str = "model", merge_lora: bool = False) -> None:
@@ -135,7 +135,7 @@ class ExportPretrained(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         out = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname  # collective: every rank asks
         if is_sharded(trainer.strategy):
-            logger.info("sharded strategy: export the last checkpoint with scripts/export.py instead")
+            logger.info("sharded strategy: export the last checkpoint with `merv export` instead")
             return
         if trainer.is_global_zero:
             with torch.no_grad():

@@ -42,14 +42,14 @@ def saved_model_dir(name_or_path: str | os.PathLike, cache_dir: str | os.PathLik
     if kind == "saved":
         return Path(name_or_path)
     if kind != "registered":
-        raise ValueError(f"{name_or_path} is a training {kind}, not a saved model: export it with scripts/export.py")
+        raise ValueError(f"{name_or_path} is a training {kind}, not a saved model: export it with `merv export`")
     name = str(name_or_path)
     local = model_cache_dir(cache_dir) / name
     if not (local / CONFIG_NAME).is_file():
         raise ModelNotFoundError(
             f"weights for {name!r} are not on this machine: looked for a saved model in {local}. "
             f"Train it (see TRAINING.md), then export it there with "
-            f"`python scripts/export.py --checkpoint <run dir or .ckpt> --output {local}`, "
+            f"`merv export --model <run dir or .ckpt> --output {local}`, "
             f"or pass cache_dir= / set MERV_CACHE to where it is."
         )
     return local

@@ -1,7 +1,7 @@
 """Named models: MERV's multi-encoder model, its single-encoder baselines, and tiny CPU variants.
 
 A name fixes the architecture; the weights are a `save_pretrained` directory found in the local model
-cache (`$MERV_CACHE/models/<name>`, default `~/.cache/merv/models/<name>`), put there by `scripts/export.py`.
+cache (`$MERV_CACHE/models/<name>`, default `~/.cache/merv/models/<name>`), put there by `merv export`.
 This is the one place the named architectures are written: YAML configs name them (`from_name: merv-full`,
 see `expand_registered`) instead of restating them.
 """

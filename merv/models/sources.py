@@ -75,6 +75,6 @@ def read_training_checkpoint(path: str | os.PathLike) -> tuple[VideoLMConfig, di
     if _checkpoint_reader is None:
         raise ValueError(
             f"{path} is a training checkpoint or run directory and no checkpoint reader is installed: "
-            "import merv (it installs merv.lit's), or export the checkpoint with scripts/export.py"
+            "import merv (it installs merv.lit's), or export the checkpoint with `merv export`"
         )
     return _checkpoint_reader(Path(path))
