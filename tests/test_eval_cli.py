@@ -135,3 +135,9 @@ def test_module_runs_as_a_script(tmp_path):
         [sys.executable, "-m", "merv.cli.eval", "table", str(tmp_path)], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 1 and "error: no evaluation reports under" in result.stderr
+
+
+@pytest.mark.parametrize("flags, expected", [([], False), (["--merge_only"], True), (["--merge_only", "false"], False)])
+def test_merge_only_is_a_bare_switch(flags, expected):
+    options = build_parser().parse_args(["mcq", "--model", "m", "--task", "nextqa", "--question_file", "q.csv", *flags])
+    assert options.mcq.merge_only is expected

@@ -52,7 +52,10 @@ def _benchmark_command(kind: str, description: str) -> ArgumentParser:
     parser.add_class_arguments(ModelConfig, as_group=False)
     skip = {"model_path"} if kind == "mcq" else {"model_path", "strategy"}
     parser.add_class_arguments(EvalConfig, skip=skip, as_group=False)
-    parser.add_argument("--merge_only", type=bool, default=False, help="only merge finished chunks and report")
+    # A bare switch like every other boolean of the merv command (`--merge_lora`, `--overwrite`).
+    parser.add_argument(
+        "--merge_only", type=bool, nargs="?", const=True, default=False, help="only merge finished chunks and report"
+    )
     return parser
 
 
